@@ -1,0 +1,272 @@
+//! Bounded codecs for both protocols.
+//!
+//! The tracker protocol is CBOR through libp2p's request-response `cbor` codec with explicit
+//! limits ([`tracker_codec`]). The transfer protocol has its own [`TransferCodec`]: requests are
+//! CBOR, and a piece response is written raw after a 5-byte header (tag + length), so the piece
+//! bytes are neither encoded nor copied on the way, and the reader allocates exactly the announced
+//! length after checking it against the limit.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::{request_response, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use crate::{tracker, transfer, ErrorCode, WireManifest, MAX_PIECES, MAX_PIECE_SIZE};
+
+/// Largest tracker request: an announce of [`tracker::MAX_ANNOUNCE_FILES`] files with long names
+/// fits.
+pub const MAX_TRACKER_REQUEST: u64 = 512 * 1024;
+/// Largest tracker response.
+pub const MAX_TRACKER_RESPONSE: u64 = 4 * 1024 * 1024;
+/// Largest transfer request (they are a few dozen bytes).
+pub const MAX_TRANSFER_REQUEST: u64 = 1024;
+/// Largest control response (manifest, have, error): a manifest of [`MAX_PIECES`] values plus
+/// its name and header fits.
+pub const MAX_CONTROL_RESPONSE: u64 = MAX_PIECES as u64 * 32 + 4096;
+/// Largest piece response body.
+pub const MAX_PIECE_RESPONSE: u64 = MAX_PIECE_SIZE as u64;
+
+/// The tracker protocol's codec: CBOR with [`MAX_TRACKER_REQUEST`] and [`MAX_TRACKER_RESPONSE`].
+pub type TrackerCodec = request_response::cbor::codec::Codec<tracker::Request, tracker::Response>;
+
+/// A [`TrackerCodec`] with this crate's limits.
+pub fn tracker_codec() -> TrackerCodec {
+    TrackerCodec::default()
+        .set_request_size_maximum(MAX_TRACKER_REQUEST)
+        .set_response_size_maximum(MAX_TRACKER_RESPONSE)
+}
+
+const TAG_PIECE: u8 = 0;
+const TAG_CONTROL: u8 = 1;
+
+/// The CBOR body of a non-piece transfer response.
+#[derive(Serialize, Deserialize)]
+enum Control {
+    Manifest(WireManifest),
+    Have(#[serde(with = "serde_bytes")] Vec<u8>),
+    Error(ErrorCode),
+}
+
+/// The transfer protocol's codec (see the module docs for the frame layout).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransferCodec;
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T, max: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    // Read one byte past the limit so an oversized message is refused, not silently truncated.
+    io.take(max + 1).read_to_end(&mut buf).await?;
+    if buf.len() as u64 > max {
+        return Err(invalid("message over the size limit"));
+    }
+    Ok(buf)
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> io::Result<T> {
+    cbor4ii::serde::from_slice(bytes).map_err(|_| invalid("malformed CBOR message"))
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    cbor4ii::serde::to_vec(Vec::new(), value).map_err(io::Error::other)
+}
+
+/// Writes a response frame: tag, big-endian u32 length, body.
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    tag: u8,
+    body: &[u8],
+) -> io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| invalid("response too large"))?;
+    let mut header = [0u8; 5];
+    header[0] = tag;
+    header[1..].copy_from_slice(&len.to_be_bytes());
+    io.write_all(&header).await?;
+    io.write_all(body).await?;
+    io.close().await
+}
+
+impl request_response::Codec for TransferCodec {
+    type Protocol = StreamProtocol;
+    type Request = transfer::Request;
+    type Response = transfer::Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_bounded(io, MAX_TRANSFER_REQUEST).await?)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Self::Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut header = [0u8; 5];
+        io.read_exact(&mut header).await?;
+        let len = u64::from(u32::from_be_bytes([
+            header[1], header[2], header[3], header[4],
+        ]));
+        let max = match header[0] {
+            TAG_PIECE => MAX_PIECE_RESPONSE,
+            TAG_CONTROL => MAX_CONTROL_RESPONSE,
+            _ => return Err(invalid("unknown response tag")),
+        };
+        if len > max {
+            return Err(invalid("response over the size limit"));
+        }
+        // `len` is bounded by `max` above, so this allocation is too.
+        let mut body = Vec::with_capacity(len as usize);
+        io.take(len).read_to_end(&mut body).await?;
+        if body.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated response",
+            ));
+        }
+        if header[0] == TAG_PIECE {
+            return Ok(transfer::Response::Piece(body));
+        }
+        Ok(match decode::<Control>(&body)? {
+            Control::Manifest(m) => transfer::Response::Manifest(m),
+            Control::Have(bits) => transfer::Response::Have(bits),
+            Control::Error(code) => transfer::Response::Error(code),
+        })
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Self::Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&encode(&req)?).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Self::Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let control = match res {
+            transfer::Response::Piece(bytes) => return write_frame(io, TAG_PIECE, &bytes).await,
+            transfer::Response::Manifest(m) => Control::Manifest(m),
+            transfer::Response::Have(bits) => Control::Have(bits),
+            transfer::Response::Error(code) => Control::Error(code),
+        };
+        write_frame(io, TAG_CONTROL, &encode(&control)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{executor::block_on, io::Cursor};
+    use request_response::Codec;
+
+    use super::*;
+    use crate::{FileId, FileName, TRANSFER_PROTOCOL};
+
+    fn roundtrip(res: transfer::Response) -> io::Result<transfer::Response> {
+        block_on(async {
+            let mut buf = Cursor::new(Vec::new());
+            TransferCodec
+                .write_response(&TRANSFER_PROTOCOL, &mut buf, res)
+                .await?;
+            let mut rd = Cursor::new(buf.into_inner());
+            TransferCodec
+                .read_response(&TRANSFER_PROTOCOL, &mut rd)
+                .await
+        })
+    }
+
+    #[test]
+    fn responses_roundtrip() {
+        let manifest = WireManifest {
+            name: FileName::new("a.bin").unwrap(),
+            size: 5,
+            piece_size: 1 << 20,
+            values: vec![3; 32],
+        };
+        for res in [
+            transfer::Response::Piece(vec![1, 2, 3]),
+            transfer::Response::Piece(vec![]),
+            transfer::Response::Manifest(manifest),
+            transfer::Response::Have(vec![0b1010_0000]),
+            transfer::Response::Error(ErrorCode::NotFound),
+        ] {
+            assert_eq!(roundtrip(res.clone()).unwrap(), res);
+        }
+    }
+
+    #[test]
+    fn piece_is_sent_raw_not_as_an_integer_array() {
+        let bytes = vec![0xffu8; 1000];
+        let mut buf = Cursor::new(Vec::new());
+        block_on(TransferCodec.write_response(
+            &TRANSFER_PROTOCOL,
+            &mut buf,
+            transfer::Response::Piece(bytes),
+        ))
+        .unwrap();
+        assert_eq!(buf.into_inner().len(), 1000 + 5);
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_refused() {
+        let mut over = vec![TAG_PIECE];
+        over.extend_from_slice(&(MAX_PIECE_SIZE + 1).to_be_bytes());
+        let read = |bytes: Vec<u8>| {
+            block_on(TransferCodec.read_response(&TRANSFER_PROTOCOL, &mut Cursor::new(bytes)))
+        };
+        assert_eq!(read(over).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert!(read(vec![9, 0, 0, 0, 0]).is_err(), "unknown tag");
+        assert!(
+            read(vec![TAG_CONTROL, 0, 0, 0, 2, 0xff, 0xff]).is_err(),
+            "bad CBOR"
+        );
+        assert!(read(vec![TAG_PIECE, 0, 0, 0, 9, 1]).is_err(), "truncated");
+
+        let big = vec![0u8; MAX_TRANSFER_REQUEST as usize + 1];
+        let req = block_on(TransferCodec.read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(big)));
+        assert!(req.is_err());
+        let garbage = block_on(
+            TransferCodec.read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(vec![0xde, 0xad])),
+        );
+        assert!(garbage.is_err());
+    }
+
+    #[test]
+    fn requests_roundtrip() {
+        let req = transfer::Request::Piece {
+            id: FileId::of(b"x"),
+            index: 7,
+        };
+        let back = block_on(async {
+            let mut buf = Cursor::new(Vec::new());
+            TransferCodec
+                .write_request(&TRANSFER_PROTOCOL, &mut buf, req.clone())
+                .await
+                .unwrap();
+            TransferCodec
+                .read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(buf.into_inner()))
+                .await
+        })
+        .unwrap();
+        assert_eq!(back, req);
+    }
+}

@@ -1,0 +1,41 @@
+//! Wire protocols and content model of bitswarm.
+//!
+//! This crate is pure: no runtime, no swarm. It holds
+//!
+//! - the versioned protocol ids ([`TRACKER_PROTOCOL`], [`TRANSFER_PROTOCOL`]);
+//! - content ids and piece arithmetic ([`FileId`], [`Lengths`], [`PieceIndex`]);
+//! - the [`Manifest`] and its verification against a [`FileId`] through BLAKE3 chaining values;
+//! - the tracker and transfer messages ([`tracker`], [`transfer`]) and their bounded codecs
+//!   ([`codec`]), with wire errors as a small [`ErrorCode`].
+//!
+//! Everything that arrives from the network is validated into these types once, at the codec
+//! boundary, so the engines only ever see checked values.
+#![deny(missing_docs)]
+
+mod addr;
+mod addr;
+pub mod codec;
+mod error;
+mod hash;
+mod manifest;
+pub mod tracker;
+pub mod transfer;
+mod types;
+
+pub use addr::{parse_addr, AddrError};
+pub use codec::{tracker_codec, TrackerCodec, TransferCodec};
+pub use error::{ErrorCode, ManifestError, TypeError};
+pub use hash::{hash_piece, PieceHasher};
+pub use manifest::{Manifest, WireManifest};
+pub use types::{
+    FileId, FileName, Lengths, PieceIndex, DEFAULT_PIECE_SIZE, MAX_NAME_LEN, MAX_PIECES,
+    MAX_PIECE_SIZE, MIN_PIECE_SIZE,
+};
+
+use libp2p::StreamProtocol;
+
+/// Protocol id of the peer -> tracker protocol (announce, lookup, search, stats).
+pub const TRACKER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bitswarm/tracker/1");
+
+/// Protocol id of the peer -> peer transfer protocol (manifest, have, piece).
+pub const TRANSFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bitswarm/transfer/1");
