@@ -13,7 +13,6 @@
 #![deny(missing_docs)]
 
 mod addr;
-mod addr;
 pub mod codec;
 mod error;
 mod hash;
