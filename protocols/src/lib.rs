@@ -16,6 +16,7 @@ mod addr;
 pub mod codec;
 mod error;
 mod hash;
+pub mod keyfile;
 mod manifest;
 pub mod tracker;
 pub mod transfer;
