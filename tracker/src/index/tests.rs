@@ -1,0 +1,445 @@
+//! Unit tests of [`FileIndex`]: each checks the index's invariants after acting on it.
+
+use super::*;
+
+const TTL: Duration = Duration::from_secs(90);
+
+fn index() -> FileIndex {
+    FileIndex::new(Limits::default(), TTL)
+}
+
+fn file(data: &str, name: &str, complete: bool) -> AnnouncedFile {
+    AnnouncedFile {
+        id: FileId::of(data.as_bytes()),
+        name: FileName::new(name).unwrap(),
+        size: data.len() as u64,
+        complete,
+    }
+}
+
+fn announce(files: Vec<AnnouncedFile>) -> Announce {
+    Announce {
+        files,
+        addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+    }
+}
+
+fn name(s: &str) -> LookupKey {
+    LookupKey::Name(FileName::new(s).unwrap())
+}
+
+fn id(data: &str) -> LookupKey {
+    LookupKey::Id(FileId::of(data.as_bytes()))
+}
+
+impl FileIndex {
+    /// Panics when an invariant of the module docs does not hold.
+    fn check(&self) {
+        for (peer, p) in &self.peers {
+            for fid in p.files.keys() {
+                assert!(self.files[fid].holders.contains_key(peer), "holder missing");
+            }
+        }
+        for (fid, f) in &self.files {
+            assert!(!f.holders.is_empty(), "file without holders");
+            assert!(!f.names.is_empty(), "file with holders but no name");
+            assert!(f.names.len() <= MAX_NAMES_PER_FILE);
+            for peer in f.holders.keys() {
+                assert!(self.peers[peer].files.contains_key(fid), "holding missing");
+            }
+            for (n, count) in &f.names {
+                let counted = f
+                    .holders
+                    .keys()
+                    .filter(|p| {
+                        let h = &self.peers[*p].files[fid];
+                        h.counted && h.name == *n
+                    })
+                    .count();
+                assert_eq!(*count, counted, "name count of {n}");
+                assert!(self.names[n].files.contains(fid), "name index misses {n}");
+            }
+        }
+        for (n, e) in &self.names {
+            assert!(!e.files.is_empty());
+            for fid in &e.files {
+                assert!(self.files[fid].names.contains_key(n), "stale name {n}");
+            }
+        }
+    }
+
+    fn names_indexed(&self) -> Vec<String> {
+        self.names.keys().map(|n| n.to_string()).collect()
+    }
+}
+
+#[test]
+fn given_empty_index_when_peer_announces_then_lookup_by_id_finds_it() {
+    let mut idx = index();
+    let peer = PeerId::random();
+    let res = idx
+        .announce(
+            peer,
+            announce(vec![file("a", "a.txt", true)]),
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!(
+        res,
+        Announced {
+            new_peer: true,
+            files: 1
+        }
+    );
+    let found = idx.lookup(&id("a"), 0);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name.as_str(), "a.txt");
+    assert_eq!(found[0].size, 1);
+    assert_eq!(found[0].providers.len(), 1);
+    assert_eq!(found[0].providers[0].peer, peer);
+    assert!(found[0].providers[0].complete);
+    assert_eq!(found[0].providers[0].addrs.len(), 1);
+    assert!(idx.lookup(&id("nope"), 0).is_empty());
+    idx.check();
+}
+
+#[test]
+fn given_registered_peer_when_it_reannounces_then_expiry_is_refreshed_and_files_add_up() {
+    let mut idx = index();
+    let peer = PeerId::random();
+    let t0 = Instant::now();
+    idx.announce(peer, announce(vec![file("a", "a", false)]), t0)
+        .unwrap();
+    let mut again = announce(vec![file("a", "a", true), file("b", "b", true)]);
+    again.addrs = vec!["/ip4/10.0.0.1/tcp/1".parse().unwrap()];
+    let res = idx.announce(peer, again, t0 + TTL / 2).unwrap();
+    assert!(!res.new_peer);
+    assert_eq!(res.files, 2);
+
+    assert!(idx.expire(t0 + TTL).is_empty(), "refreshed at TTL/2");
+    let rec = &idx.lookup(&id("a"), 0)[0];
+    assert!(rec.providers[0].complete, "complete flag updated");
+    assert_eq!(rec.providers[0].addrs[0].to_string(), "/ip4/10.0.0.1/tcp/1");
+    assert_eq!(idx.expire(t0 + TTL + TTL / 2), vec![peer]);
+    idx.check();
+}
+
+#[test]
+fn given_presence_only_announce_then_peer_counts_without_files() {
+    let mut idx = index();
+    idx.announce(PeerId::random(), announce(vec![]), Instant::now())
+        .unwrap();
+    assert_eq!(idx.stats(), Stats { peers: 1, files: 0 });
+}
+
+#[test]
+fn given_two_ids_under_one_name_when_lookup_by_name_then_both_are_found() {
+    let mut idx = index();
+    let (p1, p2) = (PeerId::random(), PeerId::random());
+    let now = Instant::now();
+    idx.announce(p1, announce(vec![file("v1", "report.pdf", true)]), now)
+        .unwrap();
+    idx.announce(p2, announce(vec![file("v2", "report.pdf", true)]), now)
+        .unwrap();
+    let found = idx.lookup(&name("report.pdf"), 0);
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|r| r.name.as_str() == "report.pdf"));
+    assert!(
+        idx.lookup(&name("REPORT.pdf"), 0).is_empty(),
+        "lookup is exact"
+    );
+    idx.check();
+}
+
+#[test]
+fn given_seeder_and_leecher_when_search_then_counts_split_and_case_is_ignored() {
+    let mut idx = index();
+    let now = Instant::now();
+    idx.announce(
+        PeerId::random(),
+        announce(vec![
+            file("m", "Holiday.MKV", true),
+            file("x", "notes.txt", true),
+        ]),
+        now,
+    )
+    .unwrap();
+    idx.announce(
+        PeerId::random(),
+        announce(vec![file("m", "holiday.mkv", false)]),
+        now,
+    )
+    .unwrap();
+    let hits = idx.search("DAY.mk", 0).unwrap();
+    assert_eq!(hits.len(), 1, "one file under two matching names");
+    assert_eq!((hits[0].seeders, hits[0].leechers), (1, 1));
+    assert_eq!(
+        idx.search("", 0).unwrap().len(),
+        2,
+        "empty query matches all"
+    );
+    assert!(idx.search("zzz", 0).unwrap().is_empty());
+    idx.check();
+}
+
+#[test]
+fn given_several_peers_then_stats_count_live_peers_and_distinct_files() {
+    let mut idx = index();
+    let now = Instant::now();
+    for _ in 0..3 {
+        let files = vec![
+            file("shared", "s", true),
+            file(&PeerId::random().to_string(), "u", true),
+        ];
+        idx.announce(PeerId::random(), announce(files), now)
+            .unwrap();
+    }
+    assert_eq!(idx.stats(), Stats { peers: 3, files: 4 });
+    idx.check();
+}
+
+#[test]
+fn given_peer_past_ttl_when_expire_then_it_and_its_names_are_gone() {
+    let mut idx = index();
+    let t0 = Instant::now();
+    let (old, fresh) = (PeerId::random(), PeerId::random());
+    idx.announce(old, announce(vec![file("a", "only-old", true)]), t0)
+        .unwrap();
+    idx.announce(
+        fresh,
+        announce(vec![file("b", "fresh", true)]),
+        t0 + TTL / 2,
+    )
+    .unwrap();
+    assert!(idx.expire(t0 + TTL - Duration::from_millis(1)).is_empty());
+    assert_eq!(idx.expire(t0 + TTL), vec![old]);
+    assert!(!idx.is_registered(&old));
+    assert_eq!(idx.names_indexed(), ["fresh"]);
+    assert!(idx.lookup(&name("only-old"), 0).is_empty());
+    assert_eq!(idx.stats(), Stats { peers: 1, files: 1 });
+    idx.check();
+}
+
+#[test]
+fn given_two_holders_when_one_is_removed_then_only_its_name_leaves_the_index() {
+    let mut idx = index();
+    let now = Instant::now();
+    let (p1, p2) = (PeerId::random(), PeerId::random());
+    idx.announce(p1, announce(vec![file("a", "one", true)]), now)
+        .unwrap();
+    idx.announce(p2, announce(vec![file("a", "two", false)]), now)
+        .unwrap();
+    assert!(idx.remove_peer(p1));
+    assert!(!idx.remove_peer(p1), "already gone");
+    assert_eq!(idx.names_indexed(), ["two"]);
+    let rec = &idx.lookup(&id("a"), 0)[0];
+    assert_eq!(rec.name.as_str(), "two");
+    assert_eq!(rec.providers.len(), 1);
+    assert!(idx.remove_peer(p2));
+    assert!(idx.names_indexed().is_empty());
+    assert_eq!(idx.stats(), Stats { peers: 0, files: 0 });
+    idx.check();
+}
+
+#[test]
+fn given_last_holder_when_it_unannounces_then_file_goes_and_peer_stays() {
+    let mut idx = index();
+    let peer = PeerId::random();
+    idx.announce(peer, announce(vec![file("a", "a", true)]), Instant::now())
+        .unwrap();
+    let fid = FileId::of(b"a");
+    idx.unannounce(peer, fid).unwrap();
+    assert_eq!(idx.unannounce(peer, fid), Err(IndexError::NotHeld(fid)));
+    assert_eq!(
+        idx.unannounce(PeerId::random(), fid).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert_eq!(idx.stats(), Stats { peers: 1, files: 0 });
+    assert!(idx.names_indexed().is_empty());
+    idx.check();
+}
+
+#[test]
+fn given_reannounce_under_a_new_name_then_the_old_name_is_released() {
+    let mut idx = index();
+    let peer = PeerId::random();
+    let now = Instant::now();
+    idx.announce(peer, announce(vec![file("a", "old", true)]), now)
+        .unwrap();
+    idx.announce(peer, announce(vec![file("a", "new", true)]), now)
+        .unwrap();
+    assert_eq!(idx.names_indexed(), ["new"]);
+    idx.check();
+}
+
+#[test]
+fn given_a_file_with_all_name_slots_taken_when_one_frees_then_a_waiting_name_is_indexed() {
+    let mut idx = index();
+    let now = Instant::now();
+    let peers: Vec<PeerId> = (0..=MAX_NAMES_PER_FILE).map(|_| PeerId::random()).collect();
+    for (i, peer) in peers.iter().enumerate() {
+        idx.announce(
+            *peer,
+            announce(vec![file("a", &format!("n{i}"), true)]),
+            now,
+        )
+        .unwrap();
+    }
+    assert_eq!(idx.names_indexed().len(), MAX_NAMES_PER_FILE);
+    let waiting = format!("n{MAX_NAMES_PER_FILE}");
+    assert!(idx.lookup(&name(&waiting), 0).is_empty());
+    idx.remove_peer(peers[0]);
+    assert_eq!(idx.lookup(&name(&waiting), 0).len(), 1, "promoted");
+    assert_eq!(idx.names_indexed().len(), MAX_NAMES_PER_FILE);
+    idx.check();
+}
+
+#[test]
+fn given_oversized_announce_or_query_then_bad_request_and_nothing_changes() {
+    let mut idx = index();
+    let peer = PeerId::random();
+    let now = Instant::now();
+    let many: Vec<_> = (0..=MAX_ANNOUNCE_FILES)
+        .map(|i| file(&i.to_string(), "f", true))
+        .collect();
+    let err = idx.announce(peer, announce(many), now).unwrap_err();
+    assert_eq!(err, IndexError::TooManyFiles(MAX_ANNOUNCE_FILES + 1));
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+
+    let mut addrs = announce(vec![]);
+    addrs.addrs = vec!["/ip4/1.1.1.1/tcp/1".parse().unwrap(); MAX_ANNOUNCE_ADDRS + 1];
+    let err = idx.announce(peer, addrs, now).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+
+    let err = idx.search(&"q".repeat(MAX_QUERY_LEN + 1), 0).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert!(idx.search(&"q".repeat(MAX_QUERY_LEN), 0).is_ok());
+    assert_eq!(idx.stats(), Stats { peers: 0, files: 0 });
+}
+
+#[test]
+fn given_a_size_that_contradicts_the_index_then_the_announce_is_refused() {
+    let mut idx = index();
+    let now = Instant::now();
+    idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
+        .unwrap();
+    let mut liar = file("a", "a", true);
+    liar.size = 99;
+    let err = idx
+        .announce(
+            PeerId::random(),
+            announce(vec![file("b", "b", true), liar]),
+            now,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        IndexError::SizeMismatch {
+            indexed: 1,
+            got: 99,
+            ..
+        }
+    ));
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert_eq!(idx.stats(), Stats { peers: 1, files: 1 }, "all or nothing");
+    idx.check();
+}
+
+#[test]
+fn given_peer_limit_reached_then_new_peers_are_refused_but_known_ones_refresh() {
+    let limits = Limits {
+        max_peers: 2,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL);
+    let now = Instant::now();
+    let first = PeerId::random();
+    idx.announce(first, announce(vec![]), now).unwrap();
+    idx.announce(PeerId::random(), announce(vec![]), now)
+        .unwrap();
+    let err = idx
+        .announce(PeerId::random(), announce(vec![]), now)
+        .unwrap_err();
+    assert_eq!(err, IndexError::PeerLimit(2));
+    assert_eq!(err.code(), ErrorCode::LimitReached);
+    idx.announce(first, announce(vec![]), now).unwrap();
+}
+
+#[test]
+fn given_files_per_peer_limit_then_additive_announces_stop_at_it() {
+    let limits = Limits {
+        max_files_per_peer: 2,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL);
+    let (peer, now) = (PeerId::random(), Instant::now());
+    idx.announce(
+        peer,
+        announce(vec![file("a", "a", true), file("a", "a", true)]),
+        now,
+    )
+    .unwrap();
+    idx.announce(peer, announce(vec![file("b", "b", true)]), now)
+        .unwrap();
+    let err = idx
+        .announce(
+            peer,
+            announce(vec![file("a", "a", true), file("c", "c", true)]),
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(err, IndexError::PeerFileLimit(2));
+    assert_eq!(err.code(), ErrorCode::LimitReached);
+    idx.announce(peer, announce(vec![file("a", "a", false)]), now)
+        .unwrap();
+    idx.check();
+}
+
+#[test]
+fn given_total_file_limit_then_new_files_are_refused_but_known_ones_accepted() {
+    let limits = Limits {
+        max_files: 1,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL);
+    let now = Instant::now();
+    idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
+        .unwrap();
+    let err = idx
+        .announce(PeerId::random(), announce(vec![file("b", "b", true)]), now)
+        .unwrap_err();
+    assert_eq!(err, IndexError::FileLimit(1));
+    assert_eq!(err.code(), ErrorCode::LimitReached);
+    idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
+        .unwrap();
+    assert_eq!(idx.stats(), Stats { peers: 2, files: 1 });
+}
+
+#[test]
+fn given_result_limits_then_lookup_and_search_are_capped_seeders_first() {
+    let limits = Limits {
+        max_lookup_results: 3,
+        max_lookup_files: 2,
+        max_search_results: 4,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL);
+    let now = Instant::now();
+    for i in 0..6 {
+        let files = vec![
+            file("popular", "popular", i == 5),
+            file(&format!("v{i}"), "same-name", true),
+        ];
+        idx.announce(PeerId::random(), announce(files), now)
+            .unwrap();
+    }
+    let rec = &idx.lookup(&id("popular"), 0)[0];
+    assert_eq!(rec.providers.len(), 3, "capped by the limits");
+    assert!(rec.providers[0].complete, "seeder first");
+    assert_eq!(idx.lookup(&id("popular"), 2)[0].providers.len(), 2);
+    assert_eq!(idx.lookup(&id("popular"), 100)[0].providers.len(), 3);
+    assert_eq!(idx.lookup(&name("same-name"), 0).len(), 2);
+    assert_eq!(idx.search("", 0).unwrap().len(), 4);
+    assert_eq!(idx.search("", 1).unwrap().len(), 1);
+    idx.check();
+}
