@@ -1,1 +1,290 @@
-fn main() {}
+//! `bitswarm`: the peer command line (share, get, search, stats).
+
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{bail, Context};
+use bitswarm_node::{identity, Client, Config, Downloaded};
+use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use libp2p::Multiaddr;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Tracker used when none is given (the tracker's default port on this machine).
+const DEFAULT_TRACKER: &str = "127.0.0.1:7000";
+/// Listen address used when none is given: every interface, a free port.
+const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
+
+/// Share and get files, verified piece by piece, from many peers at once.
+#[derive(Parser, Debug)]
+#[command(name = "bitswarm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    #[command(flatten)]
+    global: Global,
+}
+
+#[derive(Args, Debug)]
+struct Global {
+    /// Tracker address: ip:port or a multiaddr (default 127.0.0.1:7000).
+    #[arg(long, global = true)]
+    tracker: Option<String>,
+    /// Address to listen on: ip:port or a multiaddr (default: all interfaces, a free port).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Key file (created if missing). Default: a free peer-N.key in the user's data directory.
+    #[arg(long, global = true, conflicts_with = "ephemeral")]
+    key: Option<PathBuf>,
+    /// Use a throw-away identity.
+    #[arg(long, global = true)]
+    ephemeral: bool,
+    /// Print machine-readable JSON results.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve a file until Ctrl-C.
+    Share {
+        /// The file to share.
+        path: PathBuf,
+        /// Tracker (the prototype's positional form).
+        tracker: Option<String>,
+        /// Listen address (the prototype's positional form).
+        listen: Option<String>,
+    },
+    /// Download a file by name or content id.
+    Get {
+        /// A file name, or a 64-hex-digit content id (as `b3sum` prints).
+        target: String,
+        /// Tracker (the prototype's positional form).
+        tracker: Option<String>,
+        /// Listen address (the prototype's positional form).
+        listen: Option<String>,
+        /// Directory to write into.
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+    },
+    /// Search the tracker's index by name.
+    Search {
+        /// Part of a file name (case-insensitive).
+        query: String,
+        /// Tracker (positional form).
+        tracker: Option<String>,
+    },
+    /// The tracker's live peer count and file count.
+    Stats {
+        /// Tracker (positional form).
+        tracker: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = ["warn", "info", "debug", "trace"][usize::from(verbose.min(3))];
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn addr(arg: Option<&str>, default: &str) -> anyhow::Result<Multiaddr> {
+    Ok(parse_addr(arg.unwrap_or(default))?)
+}
+
+/// Starts a node; `announce_presence` is true for peers that transfer (they listen, keep a
+/// key file and count as live at the tracker) and false for one-shot queries. Returns its client, the cancel token, the event loop task and the key slot
+/// (which must live as long as the node).
+async fn start(
+    global: &Global,
+    tracker: Option<&str>,
+    listen: Option<&str>,
+    announce_presence: bool,
+) -> anyhow::Result<(Client, CancellationToken, tokio::task::JoinHandle<()>, Option<identity::KeySlot>)> {
+    let tracker = addr(tracker.or(global.tracker.as_deref()), DEFAULT_TRACKER).context("tracker address")?;
+    let listen = match listen.or(global.listen.as_deref()) {
+        Some(l) => vec![addr(Some(l), DEFAULT_LISTEN).context("listen address")?],
+        None if announce_presence => vec![addr(None, DEFAULT_LISTEN)?],
+        None => Vec::new(),
+    };
+    let (keypair, slot) = if global.ephemeral || !announce_presence {
+        (libp2p::identity::Keypair::generate_ed25519(), None)
+    } else if let Some(path) = &global.key {
+        (bitswarm_protocols::keyfile::load_or_create(path)?, None)
+    } else {
+        let dir = identity::default_dir().context("no data directory; use --key or --ephemeral")?;
+        let slot = identity::claim_default(&dir)?;
+        (slot.keypair.clone(), Some(slot))
+    };
+    let cancel = CancellationToken::new();
+    let config = Config {
+        keypair,
+        listen_addrs: listen,
+        tracker: Some(tracker),
+        announce_presence,
+        cancel: cancel.clone(),
+        ..Config::default()
+    };
+    let (client, _events, event_loop) = bitswarm_node::new(config)?;
+    let task = tokio::spawn(event_loop.run());
+    Ok((client, cancel, task, slot))
+}
+
+/// Resolves on the first Ctrl-C; a second one exits the process at once.
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("interrupted twice: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Cmd::Share { path, tracker, listen } => {
+            let (client, cancel, task, _slot) = start(g, tracker.as_deref(), listen.as_deref(), true).await?;
+            let shared = client.share(path.clone()).await.with_context(|| format!("cannot share {}", path.display()))?;
+            let addrs = client.listen_addrs().await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "sharing {} {} ({} bytes) as {}", shared.id, shared.name, shared.size, client.peer_id())?;
+            for a in addrs {
+                writeln!(out, "listening on {a}")?;
+            }
+            writeln!(out, "serving until Ctrl-C")?;
+            out.flush()?;
+            drop(out);
+            ctrl_c().await;
+            cancel.cancel();
+            let _ = task.await;
+            Ok(())
+        }
+        Cmd::Get { target, tracker, listen, output } => {
+            if !output.is_dir() {
+                bail!("output directory {} does not exist", output.display());
+            }
+            let key = parse_target(target)?;
+            let (client, cancel, task, _slot) = start(g, tracker.as_deref(), listen.as_deref(), true).await?;
+            let download = client.get(key, output.clone()).await?;
+            let bar = progress_bar(download.progress(), g.json);
+            let result = tokio::select! {
+                r = download.wait() => r,
+                () = ctrl_c() => {
+                    cancel.cancel();
+                    let _ = task.await;
+                    bail!("interrupted; the .part file is kept");
+                }
+            };
+            bar.abort();
+            let done = result?;
+            print_downloaded(&done, g.json)?;
+            cancel.cancel();
+            let _ = task.await;
+            Ok(())
+        }
+        Cmd::Search { query, tracker } => {
+            let (client, ..) = start(g, tracker.as_deref(), None, false).await?;
+            let found = client.search(query.clone()).await?;
+            if g.json {
+                let rows: Vec<_> = found
+                    .iter()
+                    .map(|f| serde_json::json!({"id": f.id.to_string(), "name": f.name.as_str(), "size": f.size, "seeders": f.seeders, "leechers": f.leechers}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for f in &found {
+                    println!("{}  {:>12}  seeders {:>3}  leechers {:>3}  {}", f.id, f.size, f.seeders, f.leechers, f.name);
+                }
+                if found.is_empty() {
+                    println!("no files match {query:?}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Stats { tracker } => {
+            let (client, ..) = start(g, tracker.as_deref(), None, false).await?;
+            let stats = client.stats().await?;
+            if g.json {
+                println!("{}", serde_json::json!({"peers": stats.peers, "files": stats.files}));
+            } else {
+                println!("peers {}\nfiles {}", stats.peers, stats.files);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A 64-hex-digit argument is a content id; anything else is a file name.
+fn parse_target(target: &str) -> anyhow::Result<LookupKey> {
+    if target.len() == 64 && target.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(LookupKey::Id(target.parse::<FileId>()?));
+    }
+    Ok(LookupKey::Name(FileName::new(target)?))
+}
+
+fn progress_bar(mut progress: tokio::sync::watch::Receiver<bitswarm_node::Progress>, json: bool) -> tokio::task::AbortHandle {
+    let bar = if json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    tokio::spawn(async move {
+        while progress.changed().await.is_ok() {
+            let p = progress.borrow_and_update().clone();
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            bar.set_message(format!("{} peers", p.providers));
+        }
+        bar.finish_and_clear();
+    })
+    .abort_handle()
+}
+
+fn print_downloaded(done: &Downloaded, json: bool) -> anyhow::Result<()> {
+    let secs = done.elapsed.as_secs_f64().max(1e-9);
+    let mbps = done.size as f64 / secs / 1e6;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": done.id.to_string(), "path": done.path, "size": done.size, "seconds": secs, "mb_per_s": mbps, "providers": done.providers_used})
+        );
+    } else {
+        println!(
+            "downloaded {} ({} bytes in {:.2}s, {:.1} MB/s from {} peers) id {}",
+            done.path.display(),
+            done.size,
+            secs,
+            mbps,
+            done.providers_used,
+            done.id
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Node configuration.
+
+use std::time::Duration;
+
+use libp2p::{identity::Keypair, Multiaddr};
+use tokio_util::sync::CancellationToken;
+
+/// Requests in flight per provider at the start of a transfer.
+pub const DEFAULT_WINDOW: usize = 8;
+/// How long one piece or manifest request may take before it goes to another provider.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the tracker to answer a dial before commands fail.
+pub const DEFAULT_TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection stays open. Longer than the tracker's announce interval so the
+/// tracker connection of a sharing node stays up between announces.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Disk reads serving pieces at once; more requests get [`bitswarm_protocols::ErrorCode::Busy`].
+pub const DEFAULT_MAX_SERVING_READS: usize = 64;
+/// Streams per connection (inbound + outbound) the transfer protocol accepts.
+pub const DEFAULT_MAX_STREAMS: usize = 128;
+/// Failed requests (timeouts, errors) after which a provider is dropped for a file.
+pub const DEFAULT_MAX_PROVIDER_FAILURES: u32 = 3;
+
+/// Everything a node needs to start. Build with `Config { .., ..Default::default() }`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on; `/ip4/127.0.0.1/tcp/0` picks a free port.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// The tracker, with or without `/p2p/<id>`; without one the first connection learns it.
+    pub tracker: Option<Multiaddr>,
+    /// Whether to register with the tracker as a live peer on connecting (a one-shot `stats`
+    /// or `search` leaves this off so it does not count itself).
+    pub announce_presence: bool,
+    /// Piece requests in flight per provider.
+    pub window: usize,
+    /// Timeout of one transfer request.
+    pub request_timeout: Duration,
+    /// Timeout of the dial to the tracker.
+    pub tracker_timeout: Duration,
+    /// Idle connection timeout.
+    pub idle_timeout: Duration,
+    /// Concurrent piece reads when serving.
+    pub max_serving_reads: usize,
+    /// Concurrent streams per connection.
+    pub max_streams: usize,
+    /// Failures after which a provider is dropped for a file.
+    pub max_provider_failures: u32,
+    /// The span every log line of this node is recorded under.
+    pub root_span: tracing::Span,
+    /// Cancelling it stops the node.
+    pub cancel: CancellationToken,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            keypair: Keypair::generate_ed25519(),
+            listen_addrs: Vec::new(),
+            tracker: None,
+            announce_presence: true,
+            window: DEFAULT_WINDOW,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            tracker_timeout: DEFAULT_TRACKER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_serving_reads: DEFAULT_MAX_SERVING_READS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_provider_failures: DEFAULT_MAX_PROVIDER_FAILURES,
+            root_span: tracing::Span::none(),
+            cancel: CancellationToken::new(),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Errors of the node library.
+
+use std::{io, path::PathBuf};
+
+use bitswarm_protocols::{ErrorCode, FileId, TypeError};
+
+/// Result of node operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failed node operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The event loop has stopped (shut down, or every handle dropped).
+    #[error("node stopped")]
+    NodeStopped,
+    /// The node was started without a tracker address.
+    #[error("no tracker configured")]
+    NoTracker,
+    /// The tracker could not be reached.
+    #[error("tracker unreachable: {0}")]
+    TrackerUnreachable(String),
+    /// The tracker refused the request.
+    #[error("tracker refused the request: {0}")]
+    Tracker(ErrorCode),
+    /// The tracker answered with a reply that does not fit the request.
+    #[error("tracker sent an unexpected reply")]
+    UnexpectedReply,
+    /// A local file could not be shared.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// Building the transport or listening failed.
+    #[error("cannot start the node: {0}")]
+    Transport(String),
+    /// Listening on an address failed.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: libp2p::Multiaddr,
+        /// The cause.
+        #[source]
+        source: libp2p::TransportError<io::Error>,
+    },
+}
+
+/// Why a file could not be shared.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// Reading the file failed.
+    #[error("cannot read {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The path is not a regular file.
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    /// Its name or size does not fit the content model.
+    #[error("cannot share {path}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: TypeError,
+    },
+    /// The hashing task failed.
+    #[error("hashing task failed")]
+    Task,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// The tracker knows no file by that name or id.
+    #[error("unknown file {0:?}: the tracker knows no such name or id")]
+    UnknownFile(String),
+    /// The name matches several different files.
+    #[error("name {name:?} matches {} different files; get one by id: {}", ids.len(), ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Ambiguous {
+        /// The name.
+        name: String,
+        /// The ids it matches.
+        ids: Vec<FileId>,
+    },
+    /// Nobody (else) holds the file, or every provider failed.
+    #[error("no provider for {0}: every peer holding it is gone or failed")]
+    NoProviders(FileId),
+    /// This node already holds or is downloading the file.
+    #[error("this node already holds or is downloading {0}")]
+    Busy(FileId),
+    /// The target file exists already with other content, or the output directory is unusable.
+    #[error("cannot write {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A tracker or node error.
+    #[error(transparent)]
+    Node(#[from] Error),
+}

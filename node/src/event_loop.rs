@@ -1,0 +1,418 @@
+//! [`EventLoop`]: owns the swarm and all node state; driven by one `tokio::select!`.
+//!
+//! The loop never awaits disk or hashing: those run on blocking tasks in `tasks` and come back
+//! as [`TaskOutput`] messages. Its state is single-owner, so there are no locks.
+//!
+//! Tracker link states: `Idle` (no dial) -> `Dialing` (commands queue up; a dial failure or the
+//! tracker timeout fails them and returns to `Idle`) -> `Connected` (its peer id is known;
+//! request-response redials it when needed).
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bitswarm_protocols::{
+    tracker::{self, Announce, AnnouncedFile, FileRecord, FileSummary, Reply, Stats},
+    Manifest,
+};
+use futures::StreamExt;
+use libp2p::{
+    multiaddr::Protocol,
+    request_response::{self, OutboundRequestId},
+    swarm::{dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent},
+    Multiaddr, PeerId, Swarm,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+use tracing::{debug, info, trace, warn};
+
+use crate::{
+    behaviour::{Behaviour, BehaviourEvent},
+    client::{LocalStats, SharedFile},
+    command::Command,
+    downloader::{Download, DownloadId, TransferRequest},
+    error::{Error, Result, ShareError},
+    serve::ReadDone,
+    store,
+    Config, Event,
+};
+
+/// How often the loop checks its deadlines (tracker dial, re-announce, stalled downloads).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Announce interval used until the tracker names its own.
+const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
+/// Bounds on the interval a tracker may ask for.
+const ANNOUNCE_INTERVAL_RANGE: (u64, u64) = (1, 3600);
+
+/// A file this node can serve pieces of: complete (shared) or in download.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) file: Arc<File>,
+    /// `None` when complete; otherwise the download whose picker knows which pieces are held.
+    pub(crate) download: Option<DownloadId>,
+}
+
+/// Results of blocking tasks.
+pub(crate) enum TaskOutput {
+    Hashed { path: PathBuf, result: Result<(Manifest, File), ShareError>, reply: oneshot::Sender<Result<SharedFile, ShareError>> },
+    PieceRead(ReadDone),
+    Download(crate::downloader::TaskDone),
+}
+
+/// Who waits for a tracker reply.
+pub(crate) enum TrackerWaiter {
+    Announce,
+    Lookup(oneshot::Sender<Result<Vec<FileRecord>>>),
+    Search(oneshot::Sender<Result<Vec<FileSummary>>>),
+    Stats(oneshot::Sender<Result<Stats>>),
+    Download(DownloadId),
+}
+
+enum TrackerLink {
+    Idle,
+    Dialing { connection: ConnectionId, since: Instant, queued: Vec<(tracker::Request, TrackerWaiter)> },
+    Connected(PeerId),
+}
+
+/// The node's engine. Create with [`crate::new`], then spawn [`EventLoop::run`].
+pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
+    pub(crate) swarm: Swarm<Behaviour<E>>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event<E::ToSwarm>>,
+    pub(crate) config: Config,
+    pub(crate) tasks: JoinSet<TaskOutput>,
+    tracker_addr: Option<Multiaddr>,
+    tracker: TrackerLink,
+    tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
+    announce_interval: Duration,
+    next_announce: Option<Instant>,
+    listen_addrs: Vec<Multiaddr>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    pub(crate) held: HashMap<bitswarm_protocols::FileId, Held>,
+    pub(crate) downloads: HashMap<DownloadId, Download>,
+    pub(crate) next_download: u64,
+    pub(crate) transfer_pending: HashMap<OutboundRequestId, TransferRequest>,
+    pub(crate) serving_reads: usize,
+    pub(crate) stats: LocalStats,
+}
+
+impl<E: NetworkBehaviour> EventLoop<E> {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour<E>>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event<E::ToSwarm>>,
+        config: Config,
+    ) -> Self {
+        EventLoop {
+            swarm,
+            commands,
+            events,
+            tracker_addr: config.tracker.clone(),
+            config,
+            tasks: JoinSet::new(),
+            tracker: TrackerLink::Idle,
+            tracker_pending: HashMap::new(),
+            announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
+            next_announce: None,
+            listen_addrs: Vec::new(),
+            listen_waiters: Vec::new(),
+            held: HashMap::new(),
+            downloads: HashMap::new(),
+            next_download: 0,
+            transfer_pending: HashMap::new(),
+            serving_reads: 0,
+            stats: LocalStats::default(),
+        }
+    }
+
+    /// Runs the node until it is shut down: by [`crate::Client::shutdown`], by cancelling the
+    /// config's token, or by dropping every [`crate::Client`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the node without cleanup; prefer one of the ways above.
+    pub async fn run(mut self) {
+        let span = self.config.root_span.clone();
+        let _guard = span.enter();
+        let cancel = self.config.cancel.clone();
+        if self.config.announce_presence && self.tracker_addr.is_some() {
+            self.dial_tracker(Vec::new());
+        }
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let shutdown_reply = loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.handle_command(command),
+                    None => break None,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(output) => self.handle_task_output(output),
+                    Err(e) => warn!(error = %e, "blocking task failed"),
+                },
+                _ = housekeeping.tick() => self.handle_housekeeping(),
+                () = cancel.cancelled() => break None,
+            }
+        };
+        self.shutdown().await;
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Fails what waits on the node and drains the blocking tasks; never sleeps.
+    async fn shutdown(&mut self) {
+        info!("node stopping");
+        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+        for id in ids {
+            self.fail_download(id, Error::NodeStopped.into());
+        }
+        while self.tasks.join_next().await.is_some() {}
+        info!("node stopped");
+    }
+
+    pub(crate) fn emit(&self, event: Event<E::ToSwarm>) {
+        if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(event) {
+            debug!(event = ?std::mem::discriminant(&ev), "event receiver is slow; event dropped");
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Share { path, reply } => {
+                let p = path.clone();
+                self.tasks.spawn_blocking(move || {
+                    let result = store::hash_file(&p);
+                    TaskOutput::Hashed { path: p, result, reply }
+                });
+                debug!(path = %path.display(), "hashing");
+            }
+            Command::Get { key, out_dir, progress, reply } => self.start_download(key, out_dir, progress, reply),
+            Command::Lookup { key, reply } => {
+                let limit = u32::MAX;
+                self.tracker_request(tracker::Request::Lookup { key, limit }, TrackerWaiter::Lookup(reply));
+            }
+            Command::Search { query, reply } => {
+                self.tracker_request(tracker::Request::Search { query, limit: u32::MAX }, TrackerWaiter::Search(reply));
+            }
+            Command::Stats { reply } => self.tracker_request(tracker::Request::Stats, TrackerWaiter::Stats(reply)),
+            Command::ListenAddrs { reply } => {
+                if self.listen_addrs.is_empty() && !self.config.listen_addrs.is_empty() {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Command::LocalStats { reply } => {
+                let _ = reply.send(self.stats);
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn handle_task_output(&mut self, output: TaskOutput) {
+        match output {
+            TaskOutput::Hashed { path, result, reply } => {
+                let answer = result.map(|(manifest, file)| {
+                    let shared = SharedFile { id: manifest.id(), name: manifest.name().clone(), size: manifest.lengths().size() };
+                    info!(file = %shared.id, name = %shared.name, size = shared.size, path = %path.display(), "sharing");
+                    self.held.insert(shared.id, Held { manifest: Arc::new(manifest), file: Arc::new(file), download: None });
+                    self.emit(Event::Shared { file: shared.clone() });
+                    shared
+                });
+                if answer.is_ok() {
+                    self.announce();
+                }
+                let _ = reply.send(answer);
+            }
+            TaskOutput::PieceRead(done) => self.on_piece_read(done),
+            TaskOutput::Download(done) => self.on_download_task(done),
+        }
+    }
+
+    fn handle_housekeeping(&mut self) {
+        let now = Instant::now();
+        if let TrackerLink::Dialing { since, .. } = &self.tracker {
+            if now.duration_since(*since) > self.config.tracker_timeout {
+                self.tracker_dial_failed("no answer within the tracker timeout".to_owned());
+            }
+        }
+        if self.next_announce.is_some_and(|t| now >= t) {
+            self.announce();
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.handle_transfer_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Tracker(ev)) => self.handle_tracker_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Extension(ev)) => self.emit(Event::Extension(ev)),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => trace!(peer = %ev.peer, result = ?ev.result, "ping"),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => trace!(?ev, "identify"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_addrs.push(address.clone());
+                for waiter in self.listen_waiters.drain(..) {
+                    let _ = waiter.send(self.listen_addrs.clone());
+                }
+                self.emit(Event::Listening { addr: address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.listen_addrs.retain(|a| a != &address),
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.on_tracker_connected(peer_id, connection_id, endpoint.get_remote_address());
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
+                debug!(peer = %peer_id, ?cause, num_established, "connection closed");
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+                if matches!(&self.tracker, TrackerLink::Dialing { connection, .. } if *connection == connection_id) {
+                    self.tracker_dial_failed(error.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- tracker ----
+
+    fn dial_tracker(&mut self, queued: Vec<(tracker::Request, TrackerWaiter)>) {
+        let Some(addr) = self.tracker_addr.clone() else { return };
+        let opts = match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build(),
+            _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let connection = opts.connection_id();
+        self.tracker = TrackerLink::Dialing { connection, since: Instant::now(), queued };
+        debug!(%addr, "dialing tracker");
+        if let Err(e) = self.swarm.dial(opts) {
+            self.tracker_dial_failed(e.to_string());
+        }
+    }
+
+    fn on_tracker_connected(&mut self, peer: PeerId, connection_id: ConnectionId, addr: &Multiaddr) {
+        let queued = match &mut self.tracker {
+            TrackerLink::Dialing { connection, queued, .. } if *connection == connection_id => std::mem::take(queued),
+            _ => return,
+        };
+        info!(tracker = %peer, "connected to tracker");
+        self.swarm.add_peer_address(peer, addr.clone());
+        self.tracker = TrackerLink::Connected(peer);
+        self.emit(Event::TrackerConnected { peer });
+        for (request, waiter) in queued {
+            self.tracker_request(request, waiter);
+        }
+        if self.config.announce_presence || self.held.values().any(|h| h.download.is_none()) {
+            self.announce();
+        }
+    }
+
+    fn tracker_dial_failed(&mut self, reason: String) {
+        warn!(%reason, "tracker unreachable");
+        if let TrackerLink::Dialing { queued, .. } = std::mem::replace(&mut self.tracker, TrackerLink::Idle) {
+            for (_, waiter) in queued {
+                self.fail_tracker_waiter(waiter, Error::TrackerUnreachable(reason.clone()));
+            }
+        }
+        if self.next_announce.is_some() {
+            self.next_announce = Some(Instant::now() + self.announce_interval);
+        }
+    }
+
+    /// Sends a request to the tracker, dialing it first if needed.
+    pub(crate) fn tracker_request(&mut self, request: tracker::Request, waiter: TrackerWaiter) {
+        if self.tracker_addr.is_none() {
+            return self.fail_tracker_waiter(waiter, Error::NoTracker);
+        }
+        match &mut self.tracker {
+            TrackerLink::Connected(peer) => {
+                let id = self.swarm.behaviour_mut().tracker.send_request(peer, request);
+                self.tracker_pending.insert(id, waiter);
+            }
+            TrackerLink::Dialing { queued, .. } => queued.push((request, waiter)),
+            TrackerLink::Idle => self.dial_tracker(vec![(request, waiter)]),
+        }
+    }
+
+    fn fail_tracker_waiter(&mut self, waiter: TrackerWaiter, error: Error) {
+        match waiter {
+            TrackerWaiter::Announce => debug!(%error, "announce failed"),
+            TrackerWaiter::Lookup(tx) => drop(tx.send(Err(error))),
+            TrackerWaiter::Search(tx) => drop(tx.send(Err(error))),
+            TrackerWaiter::Stats(tx) => drop(tx.send(Err(error))),
+            TrackerWaiter::Download(id) => self.fail_download(id, error.into()),
+        }
+    }
+
+    /// Tells the tracker which complete files this node serves and where to reach it.
+    pub(crate) fn announce(&mut self) {
+        if self.tracker_addr.is_none() {
+            return;
+        }
+        let files = self
+            .held
+            .values()
+            .filter(|h| h.download.is_none())
+            .take(tracker::MAX_ANNOUNCE_FILES)
+            .map(|h| AnnouncedFile {
+                id: h.manifest.id(),
+                name: h.manifest.name().clone(),
+                size: h.manifest.lengths().size(),
+                complete: true,
+            })
+            .collect();
+        let addrs = self
+            .listen_addrs
+            .iter()
+            .chain(self.swarm.external_addresses())
+            .take(tracker::MAX_ANNOUNCE_ADDRS)
+            .cloned()
+            .collect();
+        self.next_announce = Some(Instant::now() + self.announce_interval);
+        self.tracker_request(tracker::Request::Announce(Announce { files, addrs }), TrackerWaiter::Announce);
+    }
+
+    fn handle_tracker_event(&mut self, event: request_response::Event<tracker::Request, tracker::Response>) {
+        match event {
+            request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
+                if let Some(waiter) = self.tracker_pending.remove(&request_id) {
+                    self.on_tracker_response(waiter, response);
+                }
+            }
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(waiter) = self.tracker_pending.remove(&request_id) {
+                    self.fail_tracker_waiter(waiter, Error::TrackerUnreachable(error.to_string()));
+                }
+            }
+            other => trace!(?other, "tracker protocol event"),
+        }
+    }
+
+    fn on_tracker_response(&mut self, waiter: TrackerWaiter, response: tracker::Response) {
+        let reply = match response {
+            Ok(reply) => reply,
+            Err(code) => return self.fail_tracker_waiter(waiter, Error::Tracker(code)),
+        };
+        match (waiter, reply) {
+            (TrackerWaiter::Announce, Reply::Announced { interval_secs, .. }) => {
+                let (lo, hi) = ANNOUNCE_INTERVAL_RANGE;
+                self.announce_interval = Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
+                self.next_announce = Some(Instant::now() + self.announce_interval);
+                debug!(interval = ?self.announce_interval, "announced");
+            }
+            (TrackerWaiter::Lookup(tx), Reply::Providers(records)) => drop(tx.send(Ok(records))),
+            (TrackerWaiter::Search(tx), Reply::Found(found)) => drop(tx.send(Ok(found))),
+            (TrackerWaiter::Stats(tx), Reply::Stats(stats)) => drop(tx.send(Ok(stats))),
+            (TrackerWaiter::Download(id), Reply::Providers(records)) => self.on_providers(id, records),
+            (waiter, _) => self.fail_tracker_waiter(waiter, Error::UnexpectedReply),
+        }
+    }
+}

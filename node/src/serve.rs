@@ -1,0 +1,109 @@
+//! Serving pieces: answers inbound transfer requests from what this node holds.
+//!
+//! Piece reads run on blocking tasks (positioned reads of one piece), at most
+//! `config.max_serving_reads` at once; past that a request is answered `Busy` so a greedy peer
+//! cannot queue unbounded work or memory here.
+
+use std::{io, sync::Arc};
+
+use bitswarm_protocols::{transfer, ErrorCode, FileId, PieceIndex};
+use libp2p::{
+    request_response::{self, ResponseChannel},
+    swarm::NetworkBehaviour,
+    PeerId,
+};
+use tracing::{debug, trace, warn};
+
+use crate::{event_loop::TaskOutput, store, EventLoop};
+
+/// A finished piece read, ready to send.
+pub(crate) struct ReadDone {
+    channel: ResponseChannel<transfer::Response>,
+    peer: PeerId,
+    file: FileId,
+    piece: PieceIndex,
+    result: io::Result<Vec<u8>>,
+}
+
+impl<E: NetworkBehaviour> EventLoop<E> {
+    pub(crate) fn handle_transfer_event(&mut self, event: request_response::Event<transfer::Request, transfer::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => self.on_transfer_request(peer, request, channel),
+                request_response::Message::Response { request_id, response } => {
+                    self.on_transfer_response(peer, request_id, response)
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.on_transfer_failure(peer, request_id, error)
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound transfer request failed")
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<transfer::Response>, response: transfer::Response) {
+        if self.swarm.behaviour_mut().transfer.send_response(channel, response).is_err() {
+            trace!("requester went away before the response");
+        }
+    }
+
+    fn on_transfer_request(&mut self, peer: PeerId, request: transfer::Request, channel: ResponseChannel<transfer::Response>) {
+        let (id, index) = match request {
+            transfer::Request::Manifest { id } => {
+                let response = match self.held.get(&id) {
+                    Some(held) => transfer::Response::Manifest(held.manifest.to_wire()),
+                    None => transfer::Response::Error(ErrorCode::NotFound),
+                };
+                debug!(%peer, file = %id, "manifest requested");
+                return self.respond(channel, response);
+            }
+            transfer::Request::Have { id } => {
+                let response = match self.held.get(&id) {
+                    Some(held) => transfer::Response::Have(self.bitfield_of(id, held.manifest.lengths())),
+                    None => transfer::Response::Error(ErrorCode::NotFound),
+                };
+                return self.respond(channel, response);
+            }
+            transfer::Request::Piece { id, index } => (id, index),
+        };
+        let Some(held) = self.held.get(&id) else {
+            return self.respond(channel, transfer::Response::Error(ErrorCode::NotFound));
+        };
+        let lengths = *held.manifest.lengths();
+        let Ok(piece) = lengths.piece(index) else {
+            debug!(%peer, file = %id, index, "piece index out of range");
+            return self.respond(channel, transfer::Response::Error(ErrorCode::BadRequest));
+        };
+        if !self.holds_piece(id, piece) {
+            return self.respond(channel, transfer::Response::Error(ErrorCode::NotFound));
+        }
+        if self.serving_reads >= self.config.max_serving_reads {
+            return self.respond(channel, transfer::Response::Error(ErrorCode::Busy));
+        }
+        self.serving_reads += 1;
+        let file = Arc::clone(&held.file);
+        self.tasks.spawn_blocking(move || {
+            let result = store::read_piece(&file, &lengths, piece);
+            TaskOutput::PieceRead(ReadDone { channel, peer, file: id, piece, result })
+        });
+    }
+
+    pub(crate) fn on_piece_read(&mut self, done: ReadDone) {
+        self.serving_reads = self.serving_reads.saturating_sub(1);
+        let ReadDone { channel, peer, file, piece, result } = done;
+        match result {
+            Ok(bytes) => {
+                trace!(%peer, %file, %piece, "piece served");
+                self.stats.uploaded += bytes.len() as u64;
+                self.respond(channel, transfer::Response::Piece(bytes));
+            }
+            Err(error) => {
+                warn!(%peer, %file, %piece, %error, "cannot read a shared piece");
+                self.respond(channel, transfer::Response::Error(ErrorCode::Internal));
+            }
+        }
+    }
+}
