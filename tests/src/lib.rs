@@ -1,1 +1,241 @@
+//! Test harness for bitswarm: in-process networks (a tracker and N nodes on loopback through
+//! the real `bitswarm_node::new`) and helpers to run the real binaries.
+//!
+//! Conditions are polled with [`wait_until`], never waited for with fixed sleeps, and every
+//! wait has a deadline.
 
+use std::{
+    future::Future,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use bitswarm_node::{Client, Config, Event};
+use bitswarm_protocols::parse_addr;
+use libp2p::Multiaddr;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Every in-process test runs under this.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Installs a test subscriber once (`RUST_LOG` selects what is shown).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `cond` every 50 ms until it yields `Some`, or fails after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tracker running in this process.
+pub struct TestTracker {
+    /// Its dialable address, with `/p2p/<id>`.
+    pub addr: Multiaddr,
+    /// Its live counters.
+    pub stats: tokio::sync::watch::Receiver<bitswarm_protocols::tracker::Stats>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestTracker {
+    /// Starts a tracker on 127.0.0.1 with a free port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let config = bitswarm_tracker::Config {
+            listen_addrs: vec![parse_addr("127.0.0.1:0")?],
+            root_span: tracing::info_span!("tracker"),
+            ..Default::default()
+        };
+        let tracker = bitswarm_tracker::Tracker::bind(config).await?;
+        let addr = tracker.listen_addrs().into_iter().next().context("tracker has no address")?;
+        let stats = tracker.stats_watch();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(tracker.run(cancel.clone()));
+        Ok(TestTracker { addr, stats, cancel, task })
+    }
+
+    /// Waits until the tracker's live peer count is `n`.
+    pub async fn wait_peers(&self, n: u64) -> anyhow::Result<()> {
+        let stats = self.stats.clone();
+        wait_until(&format!("tracker peer count {n}"), Duration::from_secs(30), || {
+            let s = *stats.borrow();
+            async move { (s.peers == n).then_some(()) }
+        })
+        .await
+    }
+
+    /// Stops the tracker and waits for its loop to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.context("tracker did not stop")??;
+        Ok(())
+    }
+}
+
+/// A node running in this process.
+pub struct TestNode {
+    /// Its handle.
+    pub client: Client,
+    /// Its events.
+    pub events: tokio::sync::mpsc::Receiver<Event>,
+    task: JoinHandle<()>,
+}
+
+impl TestNode {
+    /// Starts a node on 127.0.0.1 with a free port, using `tracker`.
+    pub async fn start(name: &str, tracker: &Multiaddr) -> anyhow::Result<Self> {
+        Self::start_with(name, Config { tracker: Some(tracker.clone()), ..Config::default() }).await
+    }
+
+    /// Starts a node from `config`, listening on 127.0.0.1 with a free port.
+    pub async fn start_with(name: &str, config: Config) -> anyhow::Result<Self> {
+        let config = Config {
+            listen_addrs: vec![parse_addr("127.0.0.1:0")?],
+            root_span: tracing::info_span!("node", name),
+            ..config
+        };
+        let (client, events, event_loop) = bitswarm_node::new(config)?;
+        let task = tokio::spawn(event_loop.run());
+        client.listen_addrs().await?;
+        Ok(TestNode { client, events, task })
+    }
+
+    /// Shuts the node down cleanly and checks that its event loop ends.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.client.shutdown().await?;
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.context("node did not stop")??;
+        Ok(())
+    }
+
+    /// Ends the node abruptly, as a crash would: its task is aborted, its connections drop.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Writes `len` pseudo-random bytes (deterministic for `seed`) to `dir/name`.
+pub fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> anyhow::Result<PathBuf> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+/// The directory holding this profile's binaries (`target/<profile>`), found from the test
+/// executable's own path (`target/<profile>/deps/<test>`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("cannot locate the target directory")?;
+    Ok(dir.to_owned())
+}
+
+/// A path to one of the workspace's binaries; run `cargo build --bins` first.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!("{} not built: run `cargo build --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// A child process that is killed when dropped, with its stdout lines delivered to a channel.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout piped (stderr inherited) in its own environment `home`.
+    pub fn spawn(mut cmd: Command, home: &Path) -> anyhow::Result<Self> {
+        cmd.env("HOME", home).env("XDG_DATA_HOME", home.join("data")).stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().with_context(|| format!("cannot spawn {cmd:?}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc { child, lines })
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns it.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("no line starting with {prefix:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process (by its own id) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `cmd` to completion within `timeout`, killing it if it overruns.
+pub fn run_with_timeout(mut cmd: Command, home: &Path, timeout: Duration) -> anyhow::Result<std::process::Output> {
+    cmd.env("HOME", home).env("XDG_DATA_HOME", home.join("data")).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot spawn {cmd:?}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} ran past {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
