@@ -23,7 +23,7 @@ use futures::StreamExt;
 use libp2p::{
     multiaddr::Protocol,
     request_response::{self, OutboundRequestId},
-    swarm::{dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent},
+    swarm::{dial_opts::DialOpts, ConnectionId, DialError, NetworkBehaviour, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
 use tokio::{
@@ -275,7 +275,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
                 if matches!(&self.tracker, TrackerLink::Dialing { connection, .. } if *connection == connection_id) {
-                    self.tracker_dial_failed(error.to_string());
+                    self.tracker_dial_failed(dial_error_summary(&error));
                 }
             }
             _ => {}
@@ -415,4 +415,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             (waiter, _) => self.fail_tracker_waiter(waiter, Error::UnexpectedReply),
         }
     }
+}
+
+/// A one-line account of a dial failure: the innermost cause per address, not libp2p's nested,
+/// multi-line report.
+fn dial_error_summary(error: &DialError) -> String {
+    fn root(e: &dyn std::error::Error) -> String {
+        let mut e = e;
+        while let Some(source) = e.source() {
+            e = source;
+        }
+        e.to_string()
+    }
+    let text = match error {
+        DialError::Transport(errors) => errors
+            .iter()
+            .map(|(addr, e)| format!("{addr}: {}", root(e)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => root(other),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

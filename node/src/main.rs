@@ -47,7 +47,7 @@ struct Global {
     /// Print machine-readable JSON results.
     #[arg(long, global = true)]
     json: bool,
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// More logging (default errors only; -v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -59,8 +59,10 @@ enum Cmd {
         /// The file to share.
         path: PathBuf,
         /// Tracker (the prototype's positional form).
+        #[arg(id = "tracker_pos", value_name = "TRACKER")]
         tracker: Option<String>,
         /// Listen address (the prototype's positional form).
+        #[arg(id = "listen_pos", value_name = "LISTEN")]
         listen: Option<String>,
     },
     /// Download a file by name or content id.
@@ -68,8 +70,10 @@ enum Cmd {
         /// A file name, or a 64-hex-digit content id (as `b3sum` prints).
         target: String,
         /// Tracker (the prototype's positional form).
+        #[arg(id = "tracker_pos", value_name = "TRACKER")]
         tracker: Option<String>,
         /// Listen address (the prototype's positional form).
+        #[arg(id = "listen_pos", value_name = "LISTEN")]
         listen: Option<String>,
         /// Directory to write into.
         #[arg(short, long, default_value = ".")]
@@ -80,11 +84,13 @@ enum Cmd {
         /// Part of a file name (case-insensitive).
         query: String,
         /// Tracker (positional form).
+        #[arg(id = "tracker_pos", value_name = "TRACKER")]
         tracker: Option<String>,
     },
     /// The tracker's live peer count and file count.
     Stats {
         /// Tracker (positional form).
+        #[arg(id = "tracker_pos", value_name = "TRACKER")]
         tracker: Option<String>,
     },
 }
@@ -109,7 +115,7 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(verbose: u8) {
-    let level = ["warn", "info", "debug", "trace"][usize::from(verbose.min(3))];
+    let level = ["error", "info", "debug", "trace"][usize::from(verbose.min(3))];
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

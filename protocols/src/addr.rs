@@ -47,6 +47,9 @@ pub fn parse_addr(input: &str) -> Result<Multiaddr, AddrError> {
     if !valid_host {
         return Err(err("not a valid host name"));
     }
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(err("not a valid IPv4 address"));
+    }
     Ok(Multiaddr::empty()
         .with(Protocol::Dns(host.to_owned().into()))
         .with(Protocol::Tcp(port)))
