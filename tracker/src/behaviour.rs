@@ -1,0 +1,423 @@
+//! [`Behaviour`], the tracker protocol's server side as a [`NetworkBehaviour`].
+//!
+//! It wraps an inbound-only `request_response::Behaviour<TrackerCodec>` (as rust-libp2p's
+//! rendezvous server does) and owns the [`FileIndex`]. Every request is answered here, under the
+//! authenticated `PeerId` of the connection it arrived on, so a peer can only announce itself.
+//! What happened is reported as one [`Event`] per request, failure or eviction; the event loop
+//! in [`crate::server`] logs them.
+//!
+//! Liveness: a peer's registrations are evicted when its last connection closes
+//! ([`EvictReason::Disconnected`]) or when its TTL passes without a re-announce
+//! ([`EvictReason::Expired`], driven by [`Behaviour::expire`] on a timer).
+
+use std::{
+    collections::VecDeque,
+    iter,
+    task::{Context, Poll, Waker},
+    time::Instant,
+};
+
+use bitswarm_protocols::{
+    tracker::{LookupKey, Reply, Request, Response, Stats},
+    tracker_codec, ErrorCode, FileId, TrackerCodec, TRACKER_PROTOCOL,
+};
+use libp2p::{
+    core::{transport::PortUse, Endpoint},
+    request_response::{self, ProtocolSupport},
+    swarm::{
+        behaviour::ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour,
+        THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    },
+    Multiaddr, PeerId,
+};
+
+use crate::{index::IndexError, Config, FileIndex};
+
+type Inner = request_response::Behaviour<TrackerCodec>;
+type InnerEvent = request_response::Event<Request, Response>;
+
+/// Why a peer's registrations were removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvictReason {
+    /// Its last connection to the tracker closed.
+    Disconnected,
+    /// Its TTL passed without a re-announce.
+    Expired,
+}
+
+/// What the tracker did.
+#[derive(Debug)]
+pub enum Event {
+    /// A peer's announce was recorded.
+    Announced {
+        /// The announcer.
+        peer: PeerId,
+        /// Files in this announce.
+        files: usize,
+        /// The peer was not registered before.
+        new_peer: bool,
+    },
+    /// A peer withdrew one file.
+    Unannounced {
+        /// The peer.
+        peer: PeerId,
+        /// The file.
+        file: FileId,
+    },
+    /// A lookup was answered.
+    LookedUp {
+        /// The requester.
+        peer: PeerId,
+        /// What it looked up.
+        key: LookupKey,
+        /// Files found.
+        found: usize,
+    },
+    /// A search was answered.
+    Searched {
+        /// The requester.
+        peer: PeerId,
+        /// The query.
+        query: String,
+        /// Files found.
+        found: usize,
+    },
+    /// Counters were sent.
+    StatsServed {
+        /// The requester.
+        peer: PeerId,
+    },
+    /// A peer's registrations were removed.
+    Evicted {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: EvictReason,
+    },
+    /// A request was answered with an error code.
+    RequestRefused {
+        /// The requester.
+        peer: PeerId,
+        /// The code sent back.
+        code: ErrorCode,
+        /// The cause.
+        error: IndexError,
+    },
+    /// An inbound request could not be read or answered: malformed, oversized, timed out, or
+    /// its connection closed first.
+    InboundFailed {
+        /// The requester.
+        peer: PeerId,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// The tracker's [`NetworkBehaviour`]: answers the tracker protocol from its [`FileIndex`].
+pub struct Behaviour {
+    inner: Inner,
+    index: FileIndex,
+    /// Sent with every accepted announce.
+    interval_secs: u32,
+    /// Sent with every accepted announce.
+    ttl_secs: u32,
+    /// Events to return from `poll` before polling `inner`.
+    events: VecDeque<Event>,
+    /// Woken when an event is queued from outside `poll`.
+    waker: Option<Waker>,
+}
+
+impl Behaviour {
+    /// A tracker with an empty index, using `config`'s timing and limits.
+    pub fn new(config: &Config) -> Self {
+        let rr_config =
+            request_response::Config::default().with_request_timeout(config.request_timeout);
+        Behaviour {
+            inner: Inner::with_codec(
+                tracker_codec(),
+                iter::once((TRACKER_PROTOCOL, ProtocolSupport::Inbound)),
+                rr_config,
+            ),
+            index: FileIndex::new(config.limits, config.ttl),
+            interval_secs: secs(config.announce_interval),
+            ttl_secs: secs(config.ttl),
+            events: VecDeque::new(),
+            waker: None,
+        }
+    }
+
+    /// Evicts every peer whose TTL passed at `now`; each gets an [`Event::Evicted`].
+    pub fn expire(&mut self, now: Instant) {
+        for peer in self.index.expire(now) {
+            self.push(Event::Evicted {
+                peer,
+                reason: EvictReason::Expired,
+            });
+        }
+    }
+
+    /// Registered peers and distinct files.
+    pub fn stats(&self) -> Stats {
+        self.index.stats()
+    }
+
+    /// The index, to inspect.
+    pub fn index(&self) -> &FileIndex {
+        &self.index
+    }
+
+    fn push(&mut self, event: Event) {
+        self.events.push_back(event);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn on_inner_event(&mut self, event: InnerEvent) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let (response, event) = self.serve(peer, request);
+                if self.inner.send_response(channel, response).is_err() {
+                    // The inner behaviour reports this as an `InboundFailure` too.
+                    tracing::debug!(%peer, "requester gone before the response");
+                }
+                self.events.push_back(event);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.events.push_back(Event::InboundFailed {
+                    peer,
+                    error: error.to_string(),
+                });
+            }
+            request_response::Event::ResponseSent { peer, .. } => {
+                tracing::trace!(%peer, "response sent");
+            }
+            // Inbound only: no request of ours can get a response or fail.
+            request_response::Event::Message { .. }
+            | request_response::Event::OutboundFailure { .. } => {
+                tracing::trace!("ignored outbound request-response event");
+            }
+        }
+    }
+
+    /// Answers one request from `peer`.
+    fn serve(&mut self, peer: PeerId, request: Request) -> (Response, Event) {
+        let refused = |error: IndexError| {
+            let code = error.code();
+            (Err(code), Event::RequestRefused { peer, code, error })
+        };
+        match request {
+            Request::Announce(announce) => {
+                let files = announce.files.len();
+                match self.index.announce(peer, announce, Instant::now()) {
+                    Ok(done) => (
+                        Ok(Reply::Announced {
+                            interval_secs: self.interval_secs,
+                            ttl_secs: self.ttl_secs,
+                        }),
+                        Event::Announced {
+                            peer,
+                            files,
+                            new_peer: done.new_peer,
+                        },
+                    ),
+                    Err(error) => refused(error),
+                }
+            }
+            Request::Unannounce { id } => match self.index.unannounce(peer, id) {
+                Ok(()) => (
+                    Ok(Reply::Unannounced),
+                    Event::Unannounced { peer, file: id },
+                ),
+                Err(error) => refused(error),
+            },
+            Request::Lookup { key, limit } => {
+                let records = self.index.lookup(&key, to_usize(limit));
+                let found = records.len();
+                let event = Event::LookedUp { peer, key, found };
+                (Ok(Reply::Providers(records)), event)
+            }
+            Request::Search { query, limit } => match self.index.search(&query, to_usize(limit)) {
+                Ok(hits) => {
+                    let found = hits.len();
+                    let event = Event::Searched { peer, query, found };
+                    (Ok(Reply::Found(hits)), event)
+                }
+                Err(error) => refused(error),
+            },
+            Request::Stats => (
+                Ok(Reply::Stats(self.index.stats())),
+                Event::StatsServed { peer },
+            ),
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = <Inner as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id,
+            remaining_established: 0,
+            ..
+        }) = event
+        {
+            if self.index.remove_peer(peer_id) {
+                self.push(Event::Evicted {
+                    peer: peer_id,
+                    reason: EvictReason::Disconnected,
+                });
+            }
+        }
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner
+            .on_connection_handler_event(peer_id, connection_id, event);
+    }
+
+    #[tracing::instrument(level = "trace", name = "tracker::Behaviour::poll", skip(self, cx))]
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(ToSwarm::GenerateEvent(event));
+            }
+            let Poll::Ready(action) = self.inner.poll(cx) else {
+                break;
+            };
+            match forward(action) {
+                Forward::Swarm(action) => return Poll::Ready(action),
+                Forward::Inner(event) => self.on_inner_event(event),
+                Forward::Unknown => {
+                    tracing::warn!("dropped an unknown action of the request-response behaviour");
+                }
+            }
+        }
+        self.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// An action of the inner behaviour, sorted.
+enum Forward<H> {
+    /// To pass on to the swarm unchanged.
+    Swarm(ToSwarm<Event, H>),
+    /// An event for us to handle.
+    Inner(InnerEvent),
+    /// A variant added to the (non-exhaustive) `ToSwarm` after swarm 0.48.
+    Unknown,
+}
+
+/// Sorts an action of the inner behaviour. Written out rather than `ToSwarm::map_out`, whose
+/// closure would need an `Event` to return for actions that carry none.
+fn forward<H>(action: ToSwarm<InnerEvent, H>) -> Forward<H> {
+    Forward::Swarm(match action {
+        ToSwarm::GenerateEvent(event) => return Forward::Inner(event),
+        ToSwarm::Dial { opts } => ToSwarm::Dial { opts },
+        ToSwarm::ListenOn { opts } => ToSwarm::ListenOn { opts },
+        ToSwarm::RemoveListener { id } => ToSwarm::RemoveListener { id },
+        ToSwarm::NotifyHandler {
+            peer_id,
+            handler,
+            event,
+        } => ToSwarm::NotifyHandler {
+            peer_id,
+            handler,
+            event,
+        },
+        ToSwarm::NewExternalAddrCandidate(addr) => ToSwarm::NewExternalAddrCandidate(addr),
+        ToSwarm::ExternalAddrConfirmed(addr) => ToSwarm::ExternalAddrConfirmed(addr),
+        ToSwarm::ExternalAddrExpired(addr) => ToSwarm::ExternalAddrExpired(addr),
+        ToSwarm::CloseConnection {
+            peer_id,
+            connection,
+        } => ToSwarm::CloseConnection {
+            peer_id,
+            connection,
+        },
+        ToSwarm::NewExternalAddrOfPeer { peer_id, address } => {
+            ToSwarm::NewExternalAddrOfPeer { peer_id, address }
+        }
+        _ => return Forward::Unknown,
+    })
+}
+
+fn secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+fn to_usize(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
