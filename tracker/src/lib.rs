@@ -31,8 +31,10 @@ pub mod behaviour;
 pub mod config;
 mod error;
 pub mod index;
+pub mod server;
 
 pub use behaviour::{Behaviour, Event, EvictReason};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use index::{FileIndex, IndexError, Limits};
+pub use server::Tracker;

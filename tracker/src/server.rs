@@ -1,0 +1,343 @@
+//! The tracker's event loop: [`Tracker`] owns the swarm and runs until cancelled.
+//!
+//! The swarm composes [`crate::Behaviour`] with ping (liveness: a failed ping closes the
+//! connection, which evicts the peer when it was its last) and identify. [`Tracker::bind`] builds
+//! it and starts listening; [`Tracker::run`] is one `tokio::select!` over the swarm, the
+//! shutdown token and the expiry timer, each arm calling a `handle_*` method. Every tracker event
+//! is logged here (`peer`, `file` fields): info for lifecycle and evictions, debug per request.
+
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
+
+use bitswarm_protocols::tracker::{LookupKey, Stats};
+use futures::{FutureExt, StreamExt};
+use libp2p::{
+    identify, noise, ping,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder, TransportError,
+};
+use tokio::{sync::watch, time::MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn, Instrument};
+
+use crate::{
+    behaviour::{Event, EvictReason},
+    Config, Error, Result,
+};
+
+/// Protocol version announced through identify.
+pub const IDENTIFY_PROTOCOL: &str = "/bitswarm/id/1";
+/// How long [`Tracker::bind`] waits for every listener to report an address.
+pub const BIND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds on how often lapsed registrations are looked for (a quarter of the TTL in between).
+const EXPIRY_PERIOD: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// The tracker's composed behaviour; fields are roles.
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    tracker: crate::Behaviour,
+    ping: ping::Behaviour,
+    identify: identify::Behaviour,
+}
+
+/// A bound tracker: listening, not yet serving. Call [`Tracker::run`].
+pub struct Tracker {
+    swarm: Swarm<Behaviour>,
+    /// Addresses the listeners reported during `bind`.
+    listen_addrs: Vec<Multiaddr>,
+    /// Holds the latest counters; updated after every tracker event that changes them.
+    stats: watch::Sender<Stats>,
+    expiry_period: Duration,
+    span: tracing::Span,
+}
+
+impl Tracker {
+    /// Builds the swarm and listens on every address of `config.listen_addrs`, waiting (at most
+    /// [`BIND_TIMEOUT`]) until each has reported an address, so that port 0 is resolved.
+    ///
+    /// # Errors
+    /// [`Error::Noise`] or [`Error::Dns`] when the transport cannot be built,
+    /// [`Error::UnsupportedAddr`] or [`Error::Listen`] when an address cannot be listened on,
+    /// [`Error::BindTimeout`].
+    ///
+    /// # Cancel safety
+    /// Safe: dropping the future drops the half-built swarm and its listeners.
+    pub async fn bind(config: Config) -> Result<Tracker> {
+        let span = config.root_span.clone();
+        Self::bind_in_span(config).instrument(span).await
+    }
+
+    async fn bind_in_span(config: Config) -> Result<Tracker> {
+        let mut swarm = build_swarm(&config)?;
+        let mut pending = HashMap::new();
+        for addr in &config.listen_addrs {
+            let id = swarm.listen_on(addr.clone()).map_err(|e| match e {
+                TransportError::MultiaddrNotSupported(a) => Error::UnsupportedAddr(a),
+                TransportError::Other(source) => Error::Listen {
+                    addr: addr.clone(),
+                    source,
+                },
+            })?;
+            pending.insert(id, addr.clone());
+        }
+        let mut listen_addrs = Vec::new();
+        let wait = async {
+            while !pending.is_empty() {
+                let event = swarm.select_next_some().await;
+                if let Some(addr) = on_bind_event(event, &mut pending, &mut listen_addrs)? {
+                    debug!(%addr, "listening");
+                }
+            }
+            // A listener on an unspecified address reports one address per interface, all
+            // at once: collect the ones already there.
+            while let Some(event) = swarm.next().now_or_never().flatten() {
+                on_bind_event(event, &mut pending, &mut listen_addrs)?;
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(BIND_TIMEOUT, wait)
+            .await
+            .map_err(|_| Error::BindTimeout(BIND_TIMEOUT))??;
+
+        let (stats, _) = watch::channel(swarm.behaviour().tracker.stats());
+        let local = *swarm.local_peer_id();
+        info!(peer = %local, addrs = listen_addrs.len(), "tracker bound");
+        Ok(Tracker {
+            swarm,
+            listen_addrs,
+            stats,
+            expiry_period: (config.ttl / 4).clamp(EXPIRY_PERIOD.0, EXPIRY_PERIOD.1),
+            span: config.root_span,
+        })
+    }
+
+    /// The tracker's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// The addresses the tracker listens on, each ending in `/p2p/<id>` (dialable as is).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let id = self.local_peer_id();
+        self.listen_addrs
+            .iter()
+            .map(|addr| addr.clone().with_p2p(id).unwrap_or_else(|addr| addr))
+            .collect()
+    }
+
+    /// The tracker's counters, updated while [`Tracker::run`] runs.
+    pub fn stats_watch(&self) -> watch::Receiver<Stats> {
+        self.stats.subscribe()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drops the swarm (closing every connection).
+    ///
+    /// # Cancel safety
+    /// Safe: dropping the future stops the tracker as cancelling the token does.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = self.span.clone();
+        self.run_in_span(shutdown).instrument(span).await;
+    }
+
+    async fn run_in_span(mut self, shutdown: CancellationToken) {
+        info!(peer = %self.local_peer_id(), "tracker running");
+        let mut expiry = tokio::time::interval(self.expiry_period);
+        expiry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                _ = expiry.tick() => self.handle_expiry_tick(),
+            }
+        }
+        info!("tracker stopped");
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => {
+                self.handle_tracker_event(event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.handle_ping_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
+                handle_identify_event(event);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = address.with_p2p(self.local_peer_id());
+                info!(address = %address.unwrap_or_else(|a| a), "listening");
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                info!(%address, "no longer listening");
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => warn!(?addresses, ?reason, "listener closed"),
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = endpoint.get_remote_address();
+                debug!(peer = %peer_id, %addr, "connection established");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => debug!(peer = %peer_id, ?cause, remaining = num_established, "connection closed"),
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => debug!(addr = %send_back_addr, %error, "incoming connection failed"),
+            other => trace!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn handle_tracker_event(&mut self, event: Event) {
+        match event {
+            Event::Announced {
+                peer,
+                files,
+                new_peer: true,
+            } => info!(%peer, files, "peer registered"),
+            Event::Announced { peer, files, .. } => debug!(%peer, files, "announce"),
+            Event::Unannounced { peer, file } => debug!(%peer, %file, "unannounce"),
+            Event::LookedUp { peer, key, found } => match key {
+                LookupKey::Id(file) => debug!(%peer, %file, found, "lookup"),
+                LookupKey::Name(name) => debug!(%peer, %name, found, "lookup by name"),
+            },
+            Event::Searched { peer, query, found } => debug!(%peer, ?query, found, "search"),
+            Event::StatsServed { peer } => debug!(%peer, "stats"),
+            Event::Evicted { peer, reason } => {
+                let reason = match reason {
+                    EvictReason::Disconnected => "disconnected",
+                    EvictReason::Expired => "ttl expired",
+                };
+                info!(%peer, reason, "peer evicted");
+            }
+            Event::RequestRefused { peer, code, error } => {
+                if code == bitswarm_protocols::ErrorCode::LimitReached {
+                    warn!(%peer, %error, "request refused");
+                } else {
+                    debug!(%peer, %error, "request refused");
+                }
+            }
+            Event::InboundFailed { peer, error } => debug!(%peer, %error, "inbound request failed"),
+        }
+        let now = self.swarm.behaviour().tracker.stats();
+        self.stats.send_if_modified(|stats| {
+            let changed = *stats != now;
+            *stats = now;
+            changed
+        });
+    }
+
+    fn handle_ping_event(&mut self, event: ping::Event) {
+        let ping::Event {
+            peer,
+            connection,
+            result,
+        } = event;
+        match result {
+            Ok(rtt) => trace!(%peer, ?rtt, "ping"),
+            // Such a peer can still use the tracker; its registrations then lapse by TTL.
+            Err(ping::Failure::Unsupported) => debug!(%peer, "peer does not support ping"),
+            Err(error) => {
+                info!(%peer, %error, "ping failed, closing the connection");
+                self.swarm.close_connection(connection);
+            }
+        }
+    }
+
+    fn handle_expiry_tick(&mut self) {
+        self.swarm.behaviour_mut().tracker.expire(Instant::now());
+    }
+}
+
+fn handle_identify_event(event: identify::Event) {
+    match event {
+        identify::Event::Received { peer_id, info, .. } => {
+            debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+        }
+        identify::Event::Error { peer_id, error, .. } => {
+            debug!(peer = %peer_id, %error, "identify failed");
+        }
+        other => trace!(event = ?other, "identify"),
+    }
+}
+
+/// Handles a swarm event during [`Tracker::bind`]; returns the address it reported, if any.
+fn on_bind_event(
+    event: SwarmEvent<BehaviourEvent>,
+    pending: &mut HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
+    listen_addrs: &mut Vec<Multiaddr>,
+) -> Result<Option<Multiaddr>> {
+    let (listener_id, error) = match event {
+        SwarmEvent::NewListenAddr {
+            listener_id,
+            address,
+        } => {
+            pending.remove(&listener_id);
+            listen_addrs.push(address.clone());
+            return Ok(Some(address));
+        }
+        SwarmEvent::ListenerClosed {
+            listener_id,
+            reason,
+            ..
+        } => (
+            listener_id,
+            reason.err().unwrap_or_else(|| io::Error::other("closed")),
+        ),
+        SwarmEvent::ListenerError { listener_id, error } => (listener_id, error),
+        other => {
+            trace!(event = ?other, "swarm event while binding");
+            return Ok(None);
+        }
+    };
+    match pending.remove(&listener_id) {
+        Some(addr) => Err(Error::Listen {
+            addr,
+            source: error,
+        }),
+        None => {
+            warn!(%error, "listener failed while binding");
+            Ok(None)
+        }
+    }
+}
+
+fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(config.ping_interval)
+            .with_timeout(config.ping_timeout),
+    );
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), config.keypair.public())
+            .with_agent_version(format!("bitswarm-tracker/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let behaviour = Behaviour {
+        tracker: crate::Behaviour::new(config),
+        ping,
+        identify,
+    };
+    let Ok(builder) = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_dns()
+        .map_err(Error::Dns)?
+        .with_behaviour(|_| behaviour);
+    let idle = config.idle_connection_timeout;
+    Ok(builder
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}
