@@ -1,1 +1,163 @@
-fn main() {}
+//! `bitswarm-tracker`: runs a tracker until Ctrl-C.
+//!
+//! Parses the command line, installs tracing, builds a [`Config`] and calls the library. Prints
+//! each dialable address on stdout as `listening on /ip4/.../p2p/<id>`; logs go to stderr.
+
+use std::{
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use bitswarm_protocols::parse_addr;
+use bitswarm_tracker::{config, Config, Tracker};
+use clap::{ArgAction, Parser};
+use libp2p::Multiaddr;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// The command line, as parsed.
+#[derive(Debug, Parser)]
+#[command(name = "bitswarm-tracker", version, about = "Run a bitswarm tracker")]
+struct Args {
+    /// Address to listen on: `ip:port` (e.g. 127.0.0.1:7000) or a multiaddr
+    /// [default: /ip4/0.0.0.0/tcp/7000 when no --listen is given either]
+    #[arg(value_name = "ADDR")]
+    addr: Option<String>,
+    /// Another address to listen on (repeatable)
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Key file, created on first use [default: <data dir>/bitswarm/tracker.key]
+    #[arg(long, value_name = "FILE", conflicts_with = "ephemeral")]
+    key: Option<PathBuf>,
+    /// Use a throw-away key: a new peer id on every start
+    #[arg(long)]
+    ephemeral: bool,
+    /// Seconds between the announces peers are asked for
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_ANNOUNCE_INTERVAL.as_secs())]
+    interval: u64,
+    /// Seconds a registration lives without an announce [default: 3 x interval]
+    #[arg(long, value_name = "SECS")]
+    ttl: Option<u64>,
+    /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, as `{:#}` prints them, without the empty and repeated
+/// messages that libp2p's nested transport errors produce.
+fn chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || parts.last().is_some_and(|last| last.ends_with(&msg)) {
+            continue;
+        }
+        parts.push(msg);
+    }
+    parts.join(": ")
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.verbose);
+    let config = config_from(&args)?;
+
+    let tracker = Tracker::bind(config)
+        .await
+        .context("cannot start the tracker")?;
+    {
+        let mut out = io::stdout().lock();
+        for addr in tracker.listen_addrs() {
+            writeln!(out, "listening on {addr}")?;
+        }
+        out.flush()?;
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_ctrl_c(shutdown.clone()));
+    tracker.run(shutdown).await;
+    Ok(())
+}
+
+/// Validates the parsed arguments into a [`Config`].
+fn config_from(args: &Args) -> anyhow::Result<Config> {
+    let mut listen_addrs: Vec<Multiaddr> = args
+        .addr
+        .iter()
+        .chain(&args.listen)
+        .map(|a| parse_addr(a))
+        .collect::<Result<_, _>>()?;
+    if listen_addrs.is_empty() {
+        listen_addrs.push(config::default_listen_addr());
+    }
+    if args.interval == 0 {
+        bail!("--interval must be at least 1 second");
+    }
+    let interval = Duration::from_secs(args.interval);
+    let ttl = Duration::from_secs(args.ttl.unwrap_or(args.interval.saturating_mul(3)));
+    if ttl <= interval {
+        bail!(
+            "--ttl ({}s) must be longer than --interval ({}s)",
+            ttl.as_secs(),
+            interval.as_secs()
+        );
+    }
+    let config = Config {
+        listen_addrs,
+        announce_interval: interval,
+        ..Config::default()
+    }
+    .with_ttl(ttl);
+    if args.ephemeral {
+        return Ok(config);
+    }
+    let path = match &args.key {
+        Some(path) => path.clone(),
+        None => dirs::data_dir()
+            .context("no data directory for the key file; use --key FILE or --ephemeral")?
+            .join("bitswarm")
+            .join("tracker.key"),
+    };
+    Ok(config.with_key_file(&path)?)
+}
+
+/// The first Ctrl-C cancels `shutdown`; the second exits at once.
+async fn stop_on_ctrl_c(shutdown: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!("stopping (Ctrl-C again to force)");
+    shutdown.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}
+
+/// Logs to stderr: `RUST_LOG` when set, otherwise warn, raised by each `-v`.
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "info,bitswarm_tracker=debug,bitswarm_protocols=debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+}
