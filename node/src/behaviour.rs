@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use bitswarm_protocols::{tracker_codec, TrackerCodec, TransferCodec, TRACKER_PROTOCOL, TRANSFER_PROTOCOL};
+use bitswarm_protocols::{
+    tracker_codec, TrackerCodec, TransferCodec, TRACKER_PROTOCOL, TRANSFER_PROTOCOL,
+};
 use libp2p::{
     identify, identity::Keypair, ping, request_response, request_response::ProtocolSupport,
     swarm::NetworkBehaviour,

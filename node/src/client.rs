@@ -74,6 +74,8 @@ pub struct LocalStats {
 /// A download in progress: watch it, then wait for it.
 #[derive(Debug)]
 pub struct Download {
+    /// Keeps the node running while someone waits for the download.
+    _node: Client,
     progress: watch::Receiver<Progress>,
     done: oneshot::Receiver<Result<Downloaded, GetError>>,
 }
@@ -92,7 +94,9 @@ impl Download {
     /// # Cancel safety
     /// Dropping this future does not stop the download; it only stops waiting.
     pub async fn wait(self) -> Result<Downloaded, GetError> {
-        self.done.await.map_err(|_| GetError::Node(Error::NodeStopped))?
+        self.done
+            .await
+            .map_err(|_| GetError::Node(Error::NodeStopped))?
     }
 }
 
@@ -108,7 +112,10 @@ impl Client {
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| Error::NodeStopped)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::NodeStopped)?;
         rx.await.map_err(|_| Error::NodeStopped)
     }
 
@@ -130,10 +137,19 @@ impl Client {
         let (reply, done) = oneshot::channel();
         let out_dir = out_dir.into();
         self.commands
-            .send(Command::Get { key, out_dir, progress, reply })
+            .send(Command::Get {
+                key,
+                out_dir,
+                progress,
+                reply,
+            })
             .await
             .map_err(|_| Error::NodeStopped)?;
-        Ok(Download { progress: progress_rx, done })
+        Ok(Download {
+            _node: self.clone(),
+            progress: progress_rx,
+            done,
+        })
     }
 
     /// Asks the tracker who holds a file.

@@ -15,7 +15,10 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Hash a file, serve it and announce it.
-    Share { path: PathBuf, reply: oneshot::Sender<Result<SharedFile, ShareError>> },
+    Share {
+        path: PathBuf,
+        reply: oneshot::Sender<Result<SharedFile, ShareError>>,
+    },
     /// Download a file into `out_dir`.
     Get {
         key: LookupKey,
@@ -24,13 +27,23 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Downloaded, GetError>>,
     },
     /// Ask the tracker who holds a file.
-    Lookup { key: LookupKey, reply: oneshot::Sender<Result<Vec<FileRecord>>> },
+    Lookup {
+        key: LookupKey,
+        reply: oneshot::Sender<Result<Vec<FileRecord>>>,
+    },
     /// Search the tracker's index by name.
-    Search { query: String, reply: oneshot::Sender<Result<Vec<FileSummary>>> },
+    Search {
+        query: String,
+        reply: oneshot::Sender<Result<Vec<FileSummary>>>,
+    },
     /// The tracker's counters.
-    Stats { reply: oneshot::Sender<Result<Stats>> },
+    Stats {
+        reply: oneshot::Sender<Result<Stats>>,
+    },
     /// The addresses this node listens on, once it listens.
-    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
     /// This node's own transfer counters.
     LocalStats { reply: oneshot::Sender<LocalStats> },
     /// Stop the node; answered once it has stopped.

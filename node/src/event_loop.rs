@@ -39,8 +39,7 @@ use crate::{
     downloader::{Download, DownloadId, TransferRequest},
     error::{Error, Result, ShareError},
     serve::ReadDone,
-    store,
-    Config, Event,
+    store, Config, Event,
 };
 
 /// How often the loop checks its deadlines (tracker dial, re-announce, stalled downloads).
@@ -61,7 +60,11 @@ pub(crate) struct Held {
 
 /// Results of blocking tasks.
 pub(crate) enum TaskOutput {
-    Hashed { path: PathBuf, result: Result<(Manifest, File), ShareError>, reply: oneshot::Sender<Result<SharedFile, ShareError>> },
+    Hashed {
+        path: PathBuf,
+        result: Result<(Manifest, File), ShareError>,
+        reply: oneshot::Sender<Result<SharedFile, ShareError>>,
+    },
     PieceRead(ReadDone),
     Download(crate::downloader::TaskDone),
 }
@@ -77,7 +80,11 @@ pub(crate) enum TrackerWaiter {
 
 enum TrackerLink {
     Idle,
-    Dialing { connection: ConnectionId, since: Instant, queued: Vec<(tracker::Request, TrackerWaiter)> },
+    Dialing {
+        connection: ConnectionId,
+        since: Instant,
+        queued: Vec<(tracker::Request, TrackerWaiter)>,
+    },
     Connected(PeerId),
 }
 
@@ -190,19 +197,39 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 let p = path.clone();
                 self.tasks.spawn_blocking(move || {
                     let result = store::hash_file(&p);
-                    TaskOutput::Hashed { path: p, result, reply }
+                    TaskOutput::Hashed {
+                        path: p,
+                        result,
+                        reply,
+                    }
                 });
                 debug!(path = %path.display(), "hashing");
             }
-            Command::Get { key, out_dir, progress, reply } => self.start_download(key, out_dir, progress, reply),
+            Command::Get {
+                key,
+                out_dir,
+                progress,
+                reply,
+            } => self.start_download(key, out_dir, progress, reply),
             Command::Lookup { key, reply } => {
                 let limit = u32::MAX;
-                self.tracker_request(tracker::Request::Lookup { key, limit }, TrackerWaiter::Lookup(reply));
+                self.tracker_request(
+                    tracker::Request::Lookup { key, limit },
+                    TrackerWaiter::Lookup(reply),
+                );
             }
             Command::Search { query, reply } => {
-                self.tracker_request(tracker::Request::Search { query, limit: u32::MAX }, TrackerWaiter::Search(reply));
+                self.tracker_request(
+                    tracker::Request::Search {
+                        query,
+                        limit: u32::MAX,
+                    },
+                    TrackerWaiter::Search(reply),
+                );
             }
-            Command::Stats { reply } => self.tracker_request(tracker::Request::Stats, TrackerWaiter::Stats(reply)),
+            Command::Stats { reply } => {
+                self.tracker_request(tracker::Request::Stats, TrackerWaiter::Stats(reply))
+            }
             Command::ListenAddrs { reply } => {
                 if self.listen_addrs.is_empty() && !self.config.listen_addrs.is_empty() {
                     self.listen_waiters.push(reply);
@@ -219,7 +246,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     fn handle_task_output(&mut self, output: TaskOutput) {
         match output {
-            TaskOutput::Hashed { path, result, reply } => {
+            TaskOutput::Hashed {
+                path,
+                result,
+                reply,
+            } => {
                 let answer = result.map(|(manifest, file)| {
                     let shared = SharedFile { id: manifest.id(), name: manifest.name().clone(), size: manifest.lengths().size() };
                     info!(file = %shared.id, name = %shared.name, size = shared.size, path = %path.display(), "sharing");
@@ -254,7 +285,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.handle_transfer_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Tracker(ev)) => self.handle_tracker_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Extension(ev)) => self.emit(Event::Extension(ev)),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => trace!(peer = %ev.peer, result = ?ev.result, "ping"),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
+                trace!(peer = %ev.peer, result = ?ev.result, "ping")
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => trace!(?ev, "identify"),
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
@@ -264,17 +297,34 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 }
                 self.emit(Event::Listening { addr: address });
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => self.listen_addrs.retain(|a| a != &address),
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 self.on_tracker_connected(peer_id, connection_id, endpoint.get_remote_address());
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 debug!(peer = %peer_id, ?cause, num_established, "connection closed");
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
-                if matches!(&self.tracker, TrackerLink::Dialing { connection, .. } if *connection == connection_id) {
+                if matches!(&self.tracker, TrackerLink::Dialing { connection, .. } if *connection == connection_id)
+                {
                     self.tracker_dial_failed(dial_error_summary(&error));
                 }
             }
@@ -285,22 +335,37 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     // ---- tracker ----
 
     fn dial_tracker(&mut self, queued: Vec<(tracker::Request, TrackerWaiter)>) {
-        let Some(addr) = self.tracker_addr.clone() else { return };
+        let Some(addr) = self.tracker_addr.clone() else {
+            return;
+        };
         let opts = match addr.iter().last() {
-            Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build(),
+            Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .build(),
             _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
         let connection = opts.connection_id();
-        self.tracker = TrackerLink::Dialing { connection, since: Instant::now(), queued };
+        self.tracker = TrackerLink::Dialing {
+            connection,
+            since: Instant::now(),
+            queued,
+        };
         debug!(%addr, "dialing tracker");
         if let Err(e) = self.swarm.dial(opts) {
             self.tracker_dial_failed(e.to_string());
         }
     }
 
-    fn on_tracker_connected(&mut self, peer: PeerId, connection_id: ConnectionId, addr: &Multiaddr) {
+    fn on_tracker_connected(
+        &mut self,
+        peer: PeerId,
+        connection_id: ConnectionId,
+        addr: &Multiaddr,
+    ) {
         let queued = match &mut self.tracker {
-            TrackerLink::Dialing { connection, queued, .. } if *connection == connection_id => std::mem::take(queued),
+            TrackerLink::Dialing {
+                connection, queued, ..
+            } if *connection == connection_id => std::mem::take(queued),
             _ => return,
         };
         info!(tracker = %peer, "connected to tracker");
@@ -317,7 +382,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     fn tracker_dial_failed(&mut self, reason: String) {
         warn!(%reason, "tracker unreachable");
-        if let TrackerLink::Dialing { queued, .. } = std::mem::replace(&mut self.tracker, TrackerLink::Idle) {
+        if let TrackerLink::Dialing { queued, .. } =
+            std::mem::replace(&mut self.tracker, TrackerLink::Idle)
+        {
             for (_, waiter) in queued {
                 self.fail_tracker_waiter(waiter, Error::TrackerUnreachable(reason.clone()));
             }
@@ -334,7 +401,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
         match &mut self.tracker {
             TrackerLink::Connected(peer) => {
-                let id = self.swarm.behaviour_mut().tracker.send_request(peer, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .tracker
+                    .send_request(peer, request);
                 self.tracker_pending.insert(id, waiter);
             }
             TrackerLink::Dialing { queued, .. } => queued.push((request, waiter)),
@@ -377,17 +448,32 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             .cloned()
             .collect();
         self.next_announce = Some(Instant::now() + self.announce_interval);
-        self.tracker_request(tracker::Request::Announce(Announce { files, addrs }), TrackerWaiter::Announce);
+        self.tracker_request(
+            tracker::Request::Announce(Announce { files, addrs }),
+            TrackerWaiter::Announce,
+        );
     }
 
-    fn handle_tracker_event(&mut self, event: request_response::Event<tracker::Request, tracker::Response>) {
+    fn handle_tracker_event(
+        &mut self,
+        event: request_response::Event<tracker::Request, tracker::Response>,
+    ) {
         match event {
-            request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
                 if let Some(waiter) = self.tracker_pending.remove(&request_id) {
                     self.on_tracker_response(waiter, response);
                 }
             }
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
                 if let Some(waiter) = self.tracker_pending.remove(&request_id) {
                     self.fail_tracker_waiter(waiter, Error::TrackerUnreachable(error.to_string()));
                 }
@@ -404,14 +490,17 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         match (waiter, reply) {
             (TrackerWaiter::Announce, Reply::Announced { interval_secs, .. }) => {
                 let (lo, hi) = ANNOUNCE_INTERVAL_RANGE;
-                self.announce_interval = Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
+                self.announce_interval =
+                    Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
                 self.next_announce = Some(Instant::now() + self.announce_interval);
                 debug!(interval = ?self.announce_interval, "announced");
             }
             (TrackerWaiter::Lookup(tx), Reply::Providers(records)) => drop(tx.send(Ok(records))),
             (TrackerWaiter::Search(tx), Reply::Found(found)) => drop(tx.send(Ok(found))),
             (TrackerWaiter::Stats(tx), Reply::Stats(stats)) => drop(tx.send(Ok(stats))),
-            (TrackerWaiter::Download(id), Reply::Providers(records)) => self.on_providers(id, records),
+            (TrackerWaiter::Download(id), Reply::Providers(records)) => {
+                self.on_providers(id, records)
+            }
             (waiter, _) => self.fail_tracker_waiter(waiter, Error::UnexpectedReply),
         }
     }

@@ -35,22 +35,37 @@ pub fn default_dir() -> Option<PathBuf> {
 /// # Errors
 /// [`KeyError`] when the directory or a key file cannot be used, or every slot is taken.
 pub fn claim_default(dir: &Path) -> Result<KeySlot, KeyError> {
-    let io_err = |path: &Path, source| KeyError::Io { path: path.to_owned(), source };
+    let io_err = |path: &Path, source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     for n in 0..MAX_KEY_SLOTS {
         let lock_path = dir.join(format!("peer-{n}.lock"));
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| io_err(&lock_path, e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {
                 let path = dir.join(format!("peer-{n}.key"));
                 let keypair = keyfile::load_or_create(&path)?;
-                return Ok(KeySlot { keypair, path, _lock: lock });
+                return Ok(KeySlot {
+                    keypair,
+                    path,
+                    _lock: lock,
+                });
             }
             Err(TryLockError::WouldBlock) => continue,
             Err(TryLockError::Error(e)) => return Err(io_err(&lock_path, e)),
         }
     }
-    Err(io_err(dir, io::Error::other("every default key slot is in use")))
+    Err(io_err(
+        dir,
+        io::Error::other("every default key slot is in use"),
+    ))
 }
 
 #[cfg(test)]
@@ -62,7 +77,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = claim_default(dir.path()).unwrap();
         let b = claim_default(dir.path()).unwrap();
-        assert_ne!(a.keypair.public().to_peer_id(), b.keypair.public().to_peer_id());
+        assert_ne!(
+            a.keypair.public().to_peer_id(),
+            b.keypair.public().to_peer_id()
+        );
         let a_id = a.keypair.public().to_peer_id();
         drop(a);
         let c = claim_default(dir.path()).unwrap();

@@ -121,10 +121,19 @@ pub fn new_with_extension<E: NetworkBehaviour>(
 ) -> Result<(Client, mpsc::Receiver<Event<E::ToSwarm>>, EventLoop<E>)> {
     let mut swarm = swarm::build(&config, extension)?;
     for addr in &config.listen_addrs {
-        swarm.listen_on(addr.clone()).map_err(|source| Error::Listen { addr: addr.clone(), source })?;
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|source| Error::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
     }
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_SIZE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_SIZE);
     let client = Client::new(command_tx, *swarm.local_peer_id());
-    Ok((client, event_rx, EventLoop::new(swarm, command_rx, event_tx, config)))
+    Ok((
+        client,
+        event_rx,
+        EventLoop::new(swarm, command_rx, event_tx, config),
+    ))
 }

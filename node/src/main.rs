@@ -98,7 +98,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -117,7 +120,10 @@ fn main() -> ExitCode {
 fn init_tracing(verbose: u8) {
     let level = ["error", "info", "debug", "trace"][usize::from(verbose.min(3))];
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn addr(arg: Option<&str>, default: &str) -> anyhow::Result<Multiaddr> {
@@ -132,8 +138,14 @@ async fn start(
     tracker: Option<&str>,
     listen: Option<&str>,
     announce_presence: bool,
-) -> anyhow::Result<(Client, CancellationToken, tokio::task::JoinHandle<()>, Option<identity::KeySlot>)> {
-    let tracker = addr(tracker.or(global.tracker.as_deref()), DEFAULT_TRACKER).context("tracker address")?;
+) -> anyhow::Result<(
+    Client,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    Option<identity::KeySlot>,
+)> {
+    let tracker =
+        addr(tracker.or(global.tracker.as_deref()), DEFAULT_TRACKER).context("tracker address")?;
     let listen = match listen.or(global.listen.as_deref()) {
         Some(l) => vec![addr(Some(l), DEFAULT_LISTEN).context("listen address")?],
         None if announce_presence => vec![addr(None, DEFAULT_LISTEN)?],
@@ -175,12 +187,27 @@ async fn ctrl_c() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match &cli.command {
-        Cmd::Share { path, tracker, listen } => {
-            let (client, cancel, task, _slot) = start(g, tracker.as_deref(), listen.as_deref(), true).await?;
-            let shared = client.share(path.clone()).await.with_context(|| format!("cannot share {}", path.display()))?;
+        Cmd::Share {
+            path,
+            tracker,
+            listen,
+        } => {
+            let (client, cancel, task, _slot) =
+                start(g, tracker.as_deref(), listen.as_deref(), true).await?;
+            let shared = client
+                .share(path.clone())
+                .await
+                .with_context(|| format!("cannot share {}", path.display()))?;
             let addrs = client.listen_addrs().await?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "sharing {} {} ({} bytes) as {}", shared.id, shared.name, shared.size, client.peer_id())?;
+            writeln!(
+                out,
+                "sharing {} {} ({} bytes) as {}",
+                shared.id,
+                shared.name,
+                shared.size,
+                client.peer_id()
+            )?;
             for a in addrs {
                 writeln!(out, "listening on {a}")?;
             }
@@ -192,12 +219,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = task.await;
             Ok(())
         }
-        Cmd::Get { target, tracker, listen, output } => {
+        Cmd::Get {
+            target,
+            tracker,
+            listen,
+            output,
+        } => {
             if !output.is_dir() {
                 bail!("output directory {} does not exist", output.display());
             }
             let key = parse_target(target)?;
-            let (client, cancel, task, _slot) = start(g, tracker.as_deref(), listen.as_deref(), true).await?;
+            let (client, cancel, task, _slot) =
+                start(g, tracker.as_deref(), listen.as_deref(), true).await?;
             let download = client.get(key, output.clone()).await?;
             let bar = progress_bar(download.progress(), g.json);
             let result = tokio::select! {
@@ -226,7 +259,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::Value::Array(rows));
             } else {
                 for f in &found {
-                    println!("{}  {:>12}  seeders {:>3}  leechers {:>3}  {}", f.id, f.size, f.seeders, f.leechers, f.name);
+                    println!(
+                        "{}  {:>12}  seeders {:>3}  leechers {:>3}  {}",
+                        f.id, f.size, f.seeders, f.leechers, f.name
+                    );
                 }
                 if found.is_empty() {
                     println!("no files match {query:?}");
@@ -238,7 +274,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (client, ..) = start(g, tracker.as_deref(), None, false).await?;
             let stats = client.stats().await?;
             if g.json {
-                println!("{}", serde_json::json!({"peers": stats.peers, "files": stats.files}));
+                println!(
+                    "{}",
+                    serde_json::json!({"peers": stats.peers, "files": stats.files})
+                );
             } else {
                 println!("peers {}\nfiles {}", stats.peers, stats.files);
             }
@@ -255,11 +294,20 @@ fn parse_target(target: &str) -> anyhow::Result<LookupKey> {
     Ok(LookupKey::Name(FileName::new(target)?))
 }
 
-fn progress_bar(mut progress: tokio::sync::watch::Receiver<bitswarm_node::Progress>, json: bool) -> tokio::task::AbortHandle {
-    let bar = if json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
+fn progress_bar(
+    mut progress: tokio::sync::watch::Receiver<bitswarm_node::Progress>,
+    json: bool,
+) -> tokio::task::AbortHandle {
+    let bar = if json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     tokio::spawn(async move {
         while progress.changed().await.is_ok() {

@@ -26,17 +26,26 @@ pub(crate) struct ReadDone {
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
-    pub(crate) fn handle_transfer_event(&mut self, event: request_response::Event<transfer::Request, transfer::Response>) {
+    pub(crate) fn handle_transfer_event(
+        &mut self,
+        event: request_response::Event<transfer::Request, transfer::Response>,
+    ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => self.on_transfer_request(peer, request, channel),
-                request_response::Message::Response { request_id, response } => {
-                    self.on_transfer_response(peer, request_id, response)
-                }
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_transfer_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_transfer_response(peer, request_id, response),
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                self.on_transfer_failure(peer, request_id, error)
-            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => self.on_transfer_failure(peer, request_id, error),
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "inbound transfer request failed")
             }
@@ -44,13 +53,28 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
     }
 
-    fn respond(&mut self, channel: ResponseChannel<transfer::Response>, response: transfer::Response) {
-        if self.swarm.behaviour_mut().transfer.send_response(channel, response).is_err() {
+    fn respond(
+        &mut self,
+        channel: ResponseChannel<transfer::Response>,
+        response: transfer::Response,
+    ) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .transfer
+            .send_response(channel, response)
+            .is_err()
+        {
             trace!("requester went away before the response");
         }
     }
 
-    fn on_transfer_request(&mut self, peer: PeerId, request: transfer::Request, channel: ResponseChannel<transfer::Response>) {
+    fn on_transfer_request(
+        &mut self,
+        peer: PeerId,
+        request: transfer::Request,
+        channel: ResponseChannel<transfer::Response>,
+    ) {
         let (id, index) = match request {
             transfer::Request::Manifest { id } => {
                 let response = match self.held.get(&id) {
@@ -62,7 +86,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             transfer::Request::Have { id } => {
                 let response = match self.held.get(&id) {
-                    Some(held) => transfer::Response::Have(self.bitfield_of(id, held.manifest.lengths())),
+                    Some(held) => {
+                        transfer::Response::Have(self.bitfield_of(id, held.manifest.lengths()))
+                    }
                     None => transfer::Response::Error(ErrorCode::NotFound),
                 };
                 return self.respond(channel, response);
@@ -87,13 +113,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let file = Arc::clone(&held.file);
         self.tasks.spawn_blocking(move || {
             let result = store::read_piece(&file, &lengths, piece);
-            TaskOutput::PieceRead(ReadDone { channel, peer, file: id, piece, result })
+            TaskOutput::PieceRead(ReadDone {
+                channel,
+                peer,
+                file: id,
+                piece,
+                result,
+            })
         });
     }
 
     pub(crate) fn on_piece_read(&mut self, done: ReadDone) {
         self.serving_reads = self.serving_reads.saturating_sub(1);
-        let ReadDone { channel, peer, file, piece, result } = done;
+        let ReadDone {
+            channel,
+            peer,
+            file,
+            piece,
+            result,
+        } = done;
         match result {
             Ok(bytes) => {
                 trace!(%peer, %file, %piece, "piece served");

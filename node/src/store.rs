@@ -21,13 +21,19 @@ use crate::error::ShareError;
 /// # Errors
 /// [`ShareError`] when the file cannot be read or does not fit the content model.
 pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
-    let io_err = |source| ShareError::Io { path: path.to_owned(), source };
+    let io_err = |source| ShareError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let file = File::open(path).map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
     if !meta.is_file() {
         return Err(ShareError::NotAFile(path.to_owned()));
     }
-    let invalid = |source| ShareError::Invalid { path: path.to_owned(), source };
+    let invalid = |source| ShareError::Invalid {
+        path: path.to_owned(),
+        source,
+    };
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -38,12 +44,15 @@ pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
     let mut buf = vec![0u8; lengths.piece_size() as usize];
     while let Some(piece) = hasher.next_piece() {
         let chunk = &mut buf[..lengths.piece_len(piece) as usize];
-        file.read_exact_at(chunk, lengths.offset(piece)).map_err(io_err)?;
+        file.read_exact_at(chunk, lengths.offset(piece))
+            .map_err(io_err)?;
         hasher.update(piece, chunk);
     }
     let (_, values) = hasher.finish();
-    let manifest = Manifest::new(name, lengths, values)
-        .map_err(|_| ShareError::Io { path: path.to_owned(), source: io::Error::other("piece count") })?;
+    let manifest = Manifest::new(name, lengths, values).map_err(|_| ShareError::Io {
+        path: path.to_owned(),
+        source: io::Error::other("piece count"),
+    })?;
     Ok((manifest, file))
 }
 
@@ -63,7 +72,12 @@ pub(crate) fn download_paths(dir: &Path, name: &FileName) -> (PathBuf, PathBuf) 
 
 /// Opens (creating if needed) the `.part` file and sizes it.
 pub(crate) fn open_part(part: &Path, size: u64) -> io::Result<File> {
-    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(part)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)?;
     file.set_len(size)?;
     Ok(file)
 }
@@ -75,8 +89,11 @@ pub(crate) fn store_piece(
     piece: PieceIndex,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
-    manifest.verify_piece(piece, bytes).map_err(|_| StoreError::BadPiece)?;
-    file.write_all_at(bytes, manifest.lengths().offset(piece)).map_err(StoreError::Io)
+    manifest
+        .verify_piece(piece, bytes)
+        .map_err(|_| StoreError::BadPiece)?;
+    file.write_all_at(bytes, manifest.lengths().offset(piece))
+        .map_err(StoreError::Io)
 }
 
 /// Makes a finished download durable and gives it its final name.

@@ -5,11 +5,18 @@ use libp2p::{noise, swarm::NetworkBehaviour, tcp, yamux, Swarm, SwarmBuilder};
 use crate::{behaviour::Behaviour, Config, Error};
 
 /// Builds the node's swarm from its config and the user's extension behaviour.
-pub(crate) fn build<E: NetworkBehaviour>(config: &Config, extension: E) -> Result<Swarm<Behaviour<E>>, Error> {
+pub(crate) fn build<E: NetworkBehaviour>(
+    config: &Config,
+    extension: E,
+) -> Result<Swarm<Behaviour<E>>, Error> {
     let transport_err = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| transport_err(&e))?
         .with_dns()
         .map_err(|e| transport_err(&e))?

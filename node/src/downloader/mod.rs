@@ -13,14 +13,7 @@
 
 pub(crate) mod picker;
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io,
-    path::PathBuf,
-    sync::Arc,
-    time::Instant,
-};
+use std::{collections::HashMap, fs::File, io, path::PathBuf, sync::Arc, time::Instant};
 
 use bitswarm_protocols::{
     tracker::{FileRecord, LookupKey},
@@ -65,9 +58,20 @@ enum Want {
 
 /// Results of a download's blocking tasks.
 pub(crate) enum TaskDone {
-    PartOpened { download: DownloadId, result: io::Result<File> },
-    PieceStored { download: DownloadId, peer: PeerId, piece: PieceIndex, result: Result<(), StoreError> },
-    Finished { download: DownloadId, result: io::Result<()> },
+    PartOpened {
+        download: DownloadId,
+        result: io::Result<File>,
+    },
+    PieceStored {
+        download: DownloadId,
+        peer: PeerId,
+        piece: PieceIndex,
+        result: Result<(), StoreError>,
+    },
+    Finished {
+        download: DownloadId,
+        result: io::Result<()>,
+    },
 }
 
 /// One download's state.
@@ -88,9 +92,17 @@ pub(crate) struct Download {
 enum Phase {
     Locating,
     Manifest,
-    Opening { manifest: Arc<Manifest> },
-    Transfer { manifest: Arc<Manifest>, file: Arc<File>, picker: PiecePicker },
-    Finishing { size: u64 },
+    Opening {
+        manifest: Arc<Manifest>,
+    },
+    Transfer {
+        manifest: Arc<Manifest>,
+        file: Arc<File>,
+        picker: PiecePicker,
+    },
+    Finishing {
+        size: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -133,13 +145,18 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         self.downloads.insert(id, download);
         self.tracker_request(
-            bitswarm_protocols::tracker::Request::Lookup { key, limit: LOOKUP_LIMIT },
+            bitswarm_protocols::tracker::Request::Lookup {
+                key,
+                limit: LOOKUP_LIMIT,
+            },
             TrackerWaiter::Download(id),
         );
     }
 
     pub(crate) fn on_providers(&mut self, id: DownloadId, records: Vec<FileRecord>) {
-        let Some(dl) = self.downloads.get(&id) else { return };
+        let Some(dl) = self.downloads.get(&id) else {
+            return;
+        };
         let mut ids: Vec<FileId> = records.iter().map(|r| r.id).collect();
         ids.sort();
         ids.dedup();
@@ -161,12 +178,17 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         };
         let busy = self.held.contains_key(&record.id)
-            || self.downloads.iter().any(|(other, d)| *other != id && d.file == Some(record.id));
+            || self
+                .downloads
+                .iter()
+                .any(|(other, d)| *other != id && d.file == Some(record.id));
         if busy {
             return self.fail_download(id, GetError::Busy(record.id));
         }
         let local = *self.swarm.local_peer_id();
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
         dl.file = Some(record.id);
         dl.progress.send_modify(|p| p.id = Some(record.id));
         for provider in record.providers.into_iter().filter(|p| p.peer != local) {
@@ -182,37 +204,87 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// Asks the next untried provider for the manifest, or fails when none is left.
     fn request_manifest(&mut self, id: DownloadId) {
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
-        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else { return };
-        let next = dl.providers.iter_mut().find(|(_, p)| !p.dropped && !p.asked_manifest);
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
+            return;
+        };
+        let next = dl
+            .providers
+            .iter_mut()
+            .find(|(_, p)| !p.dropped && !p.asked_manifest);
         let Some((peer, state)) = next else {
             return self.fail_download(id, GetError::NoProviders(file));
         };
         state.asked_manifest = true;
         let peer = *peer;
-        let request_id = self.swarm.behaviour_mut().transfer.send_request(&peer, transfer::Request::Manifest { id: file });
-        self.transfer_pending.insert(request_id, TransferRequest { download: id, want: Want::Manifest });
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .transfer
+            .send_request(&peer, transfer::Request::Manifest { id: file });
+        self.transfer_pending.insert(
+            request_id,
+            TransferRequest {
+                download: id,
+                want: Want::Manifest,
+            },
+        );
     }
 
-    pub(crate) fn on_transfer_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: transfer::Response) {
-        let Some(TransferRequest { download: id, want }) = self.transfer_pending.remove(&request_id) else { return };
+    pub(crate) fn on_transfer_response(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        response: transfer::Response,
+    ) {
+        let Some(TransferRequest { download: id, want }) =
+            self.transfer_pending.remove(&request_id)
+        else {
+            return;
+        };
         match (want, response) {
-            (Want::Manifest, transfer::Response::Manifest(wire)) => self.on_manifest(id, peer, wire),
-            (Want::Piece(piece), transfer::Response::Piece(bytes)) => self.on_piece(id, peer, piece, bytes),
-            (want, transfer::Response::Error(code)) => self.on_request_failed(id, peer, want, code != ErrorCode::Busy, &code),
+            (Want::Manifest, transfer::Response::Manifest(wire)) => {
+                self.on_manifest(id, peer, wire)
+            }
+            (Want::Piece(piece), transfer::Response::Piece(bytes)) => {
+                self.on_piece(id, peer, piece, bytes)
+            }
+            (want, transfer::Response::Error(code)) => {
+                self.on_request_failed(id, peer, want, code != ErrorCode::Busy, &code)
+            }
             (want, _) => self.on_request_failed(id, peer, want, true, &"unexpected response"),
         }
     }
 
-    pub(crate) fn on_transfer_failure(&mut self, peer: PeerId, request_id: OutboundRequestId, error: OutboundFailure) {
-        let Some(TransferRequest { download: id, want }) = self.transfer_pending.remove(&request_id) else { return };
+    pub(crate) fn on_transfer_failure(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        error: OutboundFailure,
+    ) {
+        let Some(TransferRequest { download: id, want }) =
+            self.transfer_pending.remove(&request_id)
+        else {
+            return;
+        };
         let fatal = !matches!(error, OutboundFailure::Timeout);
         self.on_request_failed(id, peer, want, fatal, &error);
     }
 
-    fn on_request_failed(&mut self, id: DownloadId, peer: PeerId, want: Want, fatal: bool, why: &dyn std::fmt::Display) {
+    fn on_request_failed(
+        &mut self,
+        id: DownloadId,
+        peer: PeerId,
+        want: Want,
+        fatal: bool,
+        why: &dyn std::fmt::Display,
+    ) {
         let max_failures = self.config.max_provider_failures;
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
         if let Some(state) = dl.providers.get_mut(&peer) {
             state.failures += 1;
             if let Want::Piece(_) = want {
@@ -223,11 +295,17 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 warn!(%peer, reason = %why, "provider dropped");
                 let file = dl.file;
                 if let Some(file) = file {
-                    self.emit(Event::ProviderDropped { file, peer, reason: why.to_string() });
+                    self.emit(Event::ProviderDropped {
+                        file,
+                        peer,
+                        reason: why.to_string(),
+                    });
                 }
             }
         }
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
         match (want, &mut dl.phase) {
             (Want::Manifest, Phase::Manifest) => self.request_manifest(id),
             (Want::Piece(piece), Phase::Transfer { picker, .. }) => {
@@ -238,9 +316,18 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
     }
 
-    fn on_manifest(&mut self, id: DownloadId, peer: PeerId, wire: bitswarm_protocols::WireManifest) {
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
-        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else { return };
+    fn on_manifest(
+        &mut self,
+        id: DownloadId,
+        peer: PeerId,
+        wire: bitswarm_protocols::WireManifest,
+    ) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
+            return;
+        };
         let manifest = match wire.verify(file) {
             Ok(m) => Arc::new(m),
             Err(e) => return self.on_request_failed(id, peer, Want::Manifest, true, &e),
@@ -251,8 +338,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         let (path, part) = store::download_paths(&dl.out_dir, &name);
         dl.paths = Some((path.clone(), part.clone()));
-        dl.progress.send_modify(|p| p.total = manifest.lengths().size());
-        dl.phase = Phase::Opening { manifest: Arc::clone(&manifest) };
+        dl.progress
+            .send_modify(|p| p.total = manifest.lengths().size());
+        dl.phase = Phase::Opening {
+            manifest: Arc::clone(&manifest),
+        };
         let size = manifest.lengths().size();
         self.tasks.spawn_blocking(move || {
             let result = if path.exists() {
@@ -260,34 +350,62 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             } else {
                 store::open_part(&part, size)
             };
-            TaskOutput::Download(TaskDone::PartOpened { download: id, result })
+            TaskOutput::Download(TaskDone::PartOpened {
+                download: id,
+                result,
+            })
         });
     }
 
     fn on_piece(&mut self, id: DownloadId, peer: PeerId, piece: PieceIndex, bytes: Vec<u8>) {
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
-        let Phase::Transfer { manifest, file, .. } = &dl.phase else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Phase::Transfer { manifest, file, .. } = &dl.phase else {
+            return;
+        };
         let (manifest, file) = (Arc::clone(manifest), Arc::clone(file));
         // The provider's window slot stays taken until the piece is stored, which bounds the
         // piece bytes held in memory to window x piece size per provider.
         self.tasks.spawn_blocking(move || {
             let result = store::store_piece(&file, &manifest, piece, &bytes);
-            TaskOutput::Download(TaskDone::PieceStored { download: id, peer, piece, result })
+            TaskOutput::Download(TaskDone::PieceStored {
+                download: id,
+                peer,
+                piece,
+                result,
+            })
         });
     }
 
     pub(crate) fn on_download_task(&mut self, done: TaskDone) {
         match done {
             TaskDone::PartOpened { download, result } => self.on_part_opened(download, result),
-            TaskDone::PieceStored { download, peer, piece, result } => match result {
+            TaskDone::PieceStored {
+                download,
+                peer,
+                piece,
+                result,
+            } => match result {
                 Ok(()) => self.on_piece_stored(download, peer, piece),
                 Err(StoreError::BadPiece) => {
                     self.stats.bad_pieces += 1;
                     warn!(%peer, %piece, "piece failed verification");
-                    self.on_request_failed(download, peer, Want::Piece(piece), true, &"sent a piece that failed verification");
+                    self.on_request_failed(
+                        download,
+                        peer,
+                        Want::Piece(piece),
+                        true,
+                        &"sent a piece that failed verification",
+                    );
                 }
                 Err(StoreError::Io(source)) => {
-                    let path = self.downloads.get(&download).and_then(|d| d.paths.clone()).map(|p| p.1).unwrap_or_default();
+                    let path = self
+                        .downloads
+                        .get(&download)
+                        .and_then(|d| d.paths.clone())
+                        .map(|p| p.1)
+                        .unwrap_or_default();
                     self.fail_download(download, GetError::Io { path, source });
                 }
             },
@@ -296,8 +414,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     fn on_part_opened(&mut self, id: DownloadId, result: io::Result<File>) {
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
-        let Phase::Opening { manifest } = &dl.phase else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Phase::Opening { manifest } = &dl.phase else {
+            return;
+        };
         let manifest = Arc::clone(manifest);
         let file = match result {
             Ok(f) => Arc::new(f),
@@ -307,23 +429,45 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         };
         let picker = PiecePicker::new(*manifest.lengths());
-        self.held.insert(manifest.id(), Held { manifest: Arc::clone(&manifest), file: Arc::clone(&file), download: Some(id) });
+        self.held.insert(
+            manifest.id(),
+            Held {
+                manifest: Arc::clone(&manifest),
+                file: Arc::clone(&file),
+                download: Some(id),
+            },
+        );
         if picker.is_complete() {
             // An empty file: nothing to fetch.
-            dl.phase = Phase::Transfer { manifest, file, picker };
+            dl.phase = Phase::Transfer {
+                manifest,
+                file,
+                picker,
+            };
             return self.finish(id);
         }
-        dl.phase = Phase::Transfer { manifest, file, picker };
+        dl.phase = Phase::Transfer {
+            manifest,
+            file,
+            picker,
+        };
         self.schedule(id);
     }
 
     fn on_piece_stored(&mut self, id: DownloadId, peer: PeerId, piece: PieceIndex) {
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
         if let Some(state) = dl.providers.get_mut(&peer) {
             state.in_flight = state.in_flight.saturating_sub(1);
             state.pieces += 1;
         }
-        let Phase::Transfer { picker, manifest, .. } = &mut dl.phase else { return };
+        let Phase::Transfer {
+            picker, manifest, ..
+        } = &mut dl.phase
+        else {
+            return;
+        };
         if picker.stored(piece) {
             let len = u64::from(manifest.lengths().piece_len(piece));
             self.stats.downloaded += len;
@@ -343,15 +487,32 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     /// is left and pieces are still missing.
     fn schedule(&mut self, id: DownloadId) {
         let window = self.config.window;
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
-        let (Some(file), Phase::Transfer { picker, .. }) = (dl.file, &mut dl.phase) else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let (Some(file), Phase::Transfer { picker, .. }) = (dl.file, &mut dl.phase) else {
+            return;
+        };
         let mut outstanding = 0;
         for (peer, state) in dl.providers.iter_mut().filter(|(_, s)| !s.dropped) {
             while state.in_flight < window {
                 let Some(piece) = picker.pick() else { break };
-                let request = transfer::Request::Piece { id: file, index: piece.get() };
-                let request_id = self.swarm.behaviour_mut().transfer.send_request(peer, request);
-                self.transfer_pending.insert(request_id, TransferRequest { download: id, want: Want::Piece(piece) });
+                let request = transfer::Request::Piece {
+                    id: file,
+                    index: piece.get(),
+                };
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .transfer
+                    .send_request(peer, request);
+                self.transfer_pending.insert(
+                    request_id,
+                    TransferRequest {
+                        download: id,
+                        want: Want::Piece(piece),
+                    },
+                );
                 state.in_flight += 1;
             }
             outstanding += state.in_flight;
@@ -362,20 +523,35 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     fn finish(&mut self, id: DownloadId) {
-        let Some(dl) = self.downloads.get_mut(&id) else { return };
-        let (Some((path, part)), Phase::Transfer { manifest, file, .. }) = (dl.paths.clone(), &dl.phase) else { return };
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let (Some((path, part)), Phase::Transfer { manifest, file, .. }) =
+            (dl.paths.clone(), &dl.phase)
+        else {
+            return;
+        };
         let file = Arc::clone(file);
         let size = manifest.lengths().size();
         dl.phase = Phase::Finishing { size };
         self.tasks.spawn_blocking(move || {
             let result = store::finish(&file, &part, &path);
-            TaskOutput::Download(TaskDone::Finished { download: id, result })
+            TaskOutput::Download(TaskDone::Finished {
+                download: id,
+                result,
+            })
         });
     }
 
     fn on_finished(&mut self, id: DownloadId, result: io::Result<()>) {
-        let Some(mut dl) = self.downloads.remove(&id) else { return };
-        let (Some(file), Some((path, part)), Phase::Finishing { size }) = (dl.file, dl.paths.clone(), &dl.phase) else { return };
+        let Some(mut dl) = self.downloads.remove(&id) else {
+            return;
+        };
+        let (Some(file), Some((path, part)), Phase::Finishing { size }) =
+            (dl.file, dl.paths.clone(), &dl.phase)
+        else {
+            return;
+        };
         let size = *size;
         if let Err(source) = result {
             self.held.remove(&file);
@@ -386,7 +562,13 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             held.download = None;
         }
         let providers_used = dl.providers.values().filter(|p| p.pieces > 0).count();
-        let done = Downloaded { id: file, path: path.clone(), size, elapsed: dl.started.elapsed(), providers_used };
+        let done = Downloaded {
+            id: file,
+            path: path.clone(),
+            size,
+            elapsed: dl.started.elapsed(),
+            providers_used,
+        };
         info!(%file, path = %path.display(), size, elapsed = ?done.elapsed, providers_used, "download complete");
         self.emit(Event::Downloaded { file, path });
         if let Some(reply) = dl.reply.take() {
@@ -397,7 +579,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// Ends a download with `error`; its `.part` file stays for a later resume.
     pub(crate) fn fail_download(&mut self, id: DownloadId, error: GetError) {
-        let Some(mut dl) = self.downloads.remove(&id) else { return };
+        let Some(mut dl) = self.downloads.remove(&id) else {
+            return;
+        };
         if let Some(file) = dl.file {
             if self.held.get(&file).is_some_and(|h| h.download == Some(id)) {
                 self.held.remove(&file);
@@ -420,7 +604,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// The wire bitfield of the pieces of `file` this node holds.
     pub(crate) fn bitfield_of(&self, file: FileId, lengths: &Lengths) -> Vec<u8> {
-        match self.held.get(&file).and_then(|h| h.download).and_then(|dl| self.picker_of(dl)) {
+        match self
+            .held
+            .get(&file)
+            .and_then(|h| h.download)
+            .and_then(|dl| self.picker_of(dl))
+        {
             Some(picker) => picker.bitfield(),
             None => PiecePicker::full(*lengths).bitfield(),
         }
