@@ -49,17 +49,29 @@ enum Role {
     /// Child: share FILE, print `ready`, report usage when asked.
     Seed { tracker: String, file: PathBuf },
     /// Child: get ID into OUT, print `done SECS`, report usage when asked.
-    Leech { tracker: String, id: String, out: PathBuf, window: usize },
+    Leech {
+        tracker: String,
+        id: String,
+        out: PathBuf,
+        window: usize,
+    },
 }
 
 const STEP: Duration = Duration::from_secs(600);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match args.role {
         Some(Role::Seed { tracker, file }) => rt.block_on(seed(&tracker, file)),
-        Some(Role::Leech { tracker, id, out, window }) => rt.block_on(leech(&tracker, &id, out, window)),
+        Some(Role::Leech {
+            tracker,
+            id,
+            out,
+            window,
+        }) => rt.block_on(leech(&tracker, &id, out, window)),
         None => rt.block_on(parent(&args)),
     }
 }
@@ -88,7 +100,8 @@ async fn report_when_asked(client: &bitswarm_node::Client) -> anyhow::Result<()>
 }
 
 async fn seed(tracker: &str, file: PathBuf) -> anyhow::Result<()> {
-    let (client, _events, event_loop) = bitswarm_node::new(node_config(tracker, bitswarm_node::DEFAULT_WINDOW)?)?;
+    let (client, _events, event_loop) =
+        bitswarm_node::new(node_config(tracker, bitswarm_node::DEFAULT_WINDOW)?)?;
     tokio::spawn(event_loop.run());
     let shared = client.share(file).await?;
     println!("ready {}", shared.id);
@@ -127,13 +140,20 @@ impl ChildProc {
                 }
             }
         });
-        Ok(ChildProc { child, stdin, lines })
+        Ok(ChildProc {
+            child,
+            stdin,
+            lines,
+        })
     }
 
     fn expect(&self, prefix: &str) -> anyhow::Result<String> {
         let deadline = Instant::now() + STEP;
         loop {
-            let line = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).context(format!("waiting for {prefix}"))?;
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .context(format!("waiting for {prefix}"))?;
             if let Some(rest) = line.strip_prefix(prefix) {
                 return Ok(rest.trim().to_owned());
             }
@@ -171,14 +191,23 @@ async fn parent(args: &Args) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let tracker_addr = tracker.listen_addrs().into_iter().next().context("tracker address")?.to_string();
+    let tracker_addr = tracker
+        .listen_addrs()
+        .into_iter()
+        .next()
+        .context("tracker address")?
+        .to_string();
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(tracker.run(cancel.clone()));
 
     let mut seeders = Vec::new();
     let mut id = String::new();
     for _ in 0..args.seeders {
-        let s = ChildProc::spawn(&["seed".into(), tracker_addr.clone(), file.display().to_string()])?;
+        let s = ChildProc::spawn(&[
+            "seed".into(),
+            tracker_addr.clone(),
+            file.display().to_string(),
+        ])?;
         id = s.expect("ready ")?;
         seeders.push(s);
     }
@@ -206,7 +235,10 @@ async fn parent(args: &Args) -> anyhow::Result<()> {
     let to_last = started.elapsed().as_secs_f64();
     for i in 0..args.leechers {
         let got = std::fs::read(dir.path().join(format!("l{i}")).join("bench.bin"))?;
-        anyhow::ensure!(FileId::of(&got).to_string() == id, "leecher {i} has different bytes");
+        anyhow::ensure!(
+            FileId::of(&got).to_string() == id,
+            "leecher {i} has different bytes"
+        );
     }
 
     let mut uploaded_total = 0u64;
@@ -234,9 +266,15 @@ async fn parent(args: &Args) -> anyhow::Result<()> {
     let delivered = size as f64 * args.leechers as f64;
     println!("time to last leecher: {to_last:.2}s");
     println!("aggregate: {:.0} MB/s delivered", delivered / to_last / 1e6);
-    println!("CPU, all peers: {:.2} CPU-s per GiB delivered", cpu_total / (delivered / (1u64 << 30) as f64));
+    println!(
+        "CPU, all peers: {:.2} CPU-s per GiB delivered",
+        cpu_total / (delivered / (1u64 << 30) as f64)
+    );
     if uploaded_total > 0 {
-        println!("seeders' share of uploaded bytes: {:.0}%", 100.0 * seeder_uploaded as f64 / uploaded_total as f64);
+        println!(
+            "seeders' share of uploaded bytes: {:.0}%",
+            100.0 * seeder_uploaded as f64 / uploaded_total as f64
+        );
     }
     cancel.cancel();
     Ok(())

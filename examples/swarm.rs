@@ -51,8 +51,9 @@ async fn main() -> anyhow::Result<()> {
     println!("tracker   {tracker_addr}");
     tokio::spawn(tracker.run(cancel.child_token()));
 
+    let loopback = parse_addr("127.0.0.1:0")?;
     let node = |cancel: CancellationToken| Config {
-        listen_addrs: vec![parse_addr("127.0.0.1:0").expect("valid literal")],
+        listen_addrs: vec![loopback.clone()],
         tracker: Some(tracker_addr.clone()),
         cancel,
         ..Config::default()

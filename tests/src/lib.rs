@@ -26,7 +26,9 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Installs a test subscriber once (`RUST_LOG` selects what is shown).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -68,27 +70,42 @@ impl TestTracker {
             ..Default::default()
         };
         let tracker = bitswarm_tracker::Tracker::bind(config).await?;
-        let addr = tracker.listen_addrs().into_iter().next().context("tracker has no address")?;
+        let addr = tracker
+            .listen_addrs()
+            .into_iter()
+            .next()
+            .context("tracker has no address")?;
         let stats = tracker.stats_watch();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(tracker.run(cancel.clone()));
-        Ok(TestTracker { addr, stats, cancel, task })
+        Ok(TestTracker {
+            addr,
+            stats,
+            cancel,
+            task,
+        })
     }
 
     /// Waits until the tracker's live peer count is `n`.
     pub async fn wait_peers(&self, n: u64) -> anyhow::Result<()> {
         let stats = self.stats.clone();
-        wait_until(&format!("tracker peer count {n}"), Duration::from_secs(30), || {
-            let s = *stats.borrow();
-            async move { (s.peers == n).then_some(()) }
-        })
+        wait_until(
+            &format!("tracker peer count {n}"),
+            Duration::from_secs(30),
+            || {
+                let s = *stats.borrow();
+                async move { (s.peers == n).then_some(()) }
+            },
+        )
         .await
     }
 
     /// Stops the tracker and waits for its loop to end.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.context("tracker did not stop")??;
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .context("tracker did not stop")??;
         Ok(())
     }
 }
@@ -105,7 +122,14 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node on 127.0.0.1 with a free port, using `tracker`.
     pub async fn start(name: &str, tracker: &Multiaddr) -> anyhow::Result<Self> {
-        Self::start_with(name, Config { tracker: Some(tracker.clone()), ..Config::default() }).await
+        Self::start_with(
+            name,
+            Config {
+                tracker: Some(tracker.clone()),
+                ..Config::default()
+            },
+        )
+        .await
     }
 
     /// Starts a node from `config`, listening on 127.0.0.1 with a free port.
@@ -118,13 +142,19 @@ impl TestNode {
         let (client, events, event_loop) = bitswarm_node::new(config)?;
         let task = tokio::spawn(event_loop.run());
         client.listen_addrs().await?;
-        Ok(TestNode { client, events, task })
+        Ok(TestNode {
+            client,
+            events,
+            task,
+        })
     }
 
     /// Shuts the node down cleanly and checks that its event loop ends.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.client.shutdown().await?;
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.context("node did not stop")??;
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .context("node did not stop")??;
         Ok(())
     }
 
@@ -155,7 +185,10 @@ pub fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> anyhow::Resul
 /// executable's own path (`target/<profile>/deps/<test>`).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("cannot locate the target directory")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory")?;
     Ok(dir.to_owned())
 }
 
@@ -163,7 +196,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir()?.join(name);
     if !path.exists() {
-        bail!("{} not built: run `cargo build --workspace --bins` first", path.display());
+        bail!(
+            "{} not built: run `cargo build --workspace --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -177,8 +213,13 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdout piped (stderr inherited) in its own environment `home`.
     pub fn spawn(mut cmd: Command, home: &Path) -> anyhow::Result<Self> {
-        cmd.env("HOME", home).env("XDG_DATA_HOME", home.join("data")).stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut child = cmd.spawn().with_context(|| format!("cannot spawn {cmd:?}"))?;
+        cmd.env("HOME", home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot spawn {cmd:?}"))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -223,9 +264,19 @@ impl Drop for Proc {
 }
 
 /// Runs `cmd` to completion within `timeout`, killing it if it overruns.
-pub fn run_with_timeout(mut cmd: Command, home: &Path, timeout: Duration) -> anyhow::Result<std::process::Output> {
-    cmd.env("HOME", home).env("XDG_DATA_HOME", home.join("data")).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("cannot spawn {cmd:?}"))?;
+pub fn run_with_timeout(
+    mut cmd: Command,
+    home: &Path,
+    timeout: Duration,
+) -> anyhow::Result<std::process::Output> {
+    cmd.env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot spawn {cmd:?}"))?;
     let deadline = Instant::now() + timeout;
     loop {
         if child.try_wait()?.is_some() {

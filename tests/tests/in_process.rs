@@ -22,7 +22,11 @@ async fn leechers_get_by_name_and_by_id_identical_bytes() -> anyhow::Result<()> 
         let path = make_file(dir.path(), "data.bin", len, 1)?;
         let original = std::fs::read(&path)?;
         let shared = seeder.client.share(&path).await?;
-        assert_eq!(shared.id, FileId::of(&original), "the id is the BLAKE3 hash b3sum prints");
+        assert_eq!(
+            shared.id,
+            FileId::of(&original),
+            "the id is the BLAKE3 hash b3sum prints"
+        );
 
         let by_name = TestNode::start("by-name", &tracker.addr).await?;
         let by_id = TestNode::start("by-id", &tracker.addr).await?;
@@ -36,7 +40,10 @@ async fn leechers_get_by_name_and_by_id_identical_bytes() -> anyhow::Result<()> 
         assert_eq!(std::fs::read(&a.path)?, original);
         assert_eq!(std::fs::read(&b.path)?, original);
         assert_eq!(a.path, out_a.join("data.bin"));
-        assert!(!out_a.join("data.bin.part").exists(), "the .part file was renamed");
+        assert!(
+            !out_a.join("data.bin.part").exists(),
+            "the .part file was renamed"
+        );
         assert_eq!(seeder.client.local_stats().await?.uploaded, 2 * len as u64);
 
         for node in [seeder, by_name, by_id] {
@@ -48,13 +55,18 @@ async fn leechers_get_by_name_and_by_id_identical_bytes() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seeder_serving_a_wrong_piece_is_caught_and_the_file_completes_from_an_honest_one() -> anyhow::Result<()> {
+async fn a_seeder_serving_a_wrong_piece_is_caught_and_the_file_completes_from_an_honest_one(
+) -> anyhow::Result<()> {
     init_tracing();
     within(async {
         let dir = tempfile::tempdir()?;
         let tracker = TestTracker::start().await?;
         let len = 24 * DEFAULT_PIECE_SIZE as usize + 7;
-        let (honest_dir, liar_dir, out) = (dir.path().join("h"), dir.path().join("l"), dir.path().join("out"));
+        let (honest_dir, liar_dir, out) = (
+            dir.path().join("h"),
+            dir.path().join("l"),
+            dir.path().join("out"),
+        );
         for d in [&honest_dir, &liar_dir, &out] {
             std::fs::create_dir_all(d)?;
         }
@@ -70,18 +82,37 @@ async fn a_seeder_serving_a_wrong_piece_is_caught_and_the_file_completes_from_an
         std::fs::write(&liar_path, vec![0u8; len])?;
         tracker.wait_peers(2).await?;
 
-        let mut leecher = TestNode::start_with("leecher", Config { tracker: Some(tracker.addr.clone()), window: 4, ..Config::default() }).await?;
-        let done = leecher.client.get(LookupKey::Id(id), &out).await?.wait().await?;
+        let mut leecher = TestNode::start_with(
+            "leecher",
+            Config {
+                tracker: Some(tracker.addr.clone()),
+                window: 4,
+                ..Config::default()
+            },
+        )
+        .await?;
+        let done = leecher
+            .client
+            .get(LookupKey::Id(id), &out)
+            .await?
+            .wait()
+            .await?;
         assert_eq!(std::fs::read(&done.path)?, original);
         let stats = leecher.client.local_stats().await?;
-        assert!(stats.bad_pieces >= 1, "the liar was asked and caught: {stats:?}");
+        assert!(
+            stats.bad_pieces >= 1,
+            "the liar was asked and caught: {stats:?}"
+        );
         let liar_id = liar.client.peer_id();
         let mut dropped = false;
         while let Ok(ev) = leecher.events.try_recv() {
             dropped |= matches!(ev, Event::ProviderDropped { peer, .. } if peer == liar_id);
         }
         assert!(dropped, "the liar was dropped for the file");
-        assert_eq!(done.providers_used, 1, "only the honest seeder's pieces were kept");
+        assert_eq!(
+            done.providers_used, 1,
+            "only the honest seeder's pieces were kept"
+        );
 
         for node in [honest, liar, leecher] {
             node.stop().await?;
@@ -103,16 +134,28 @@ async fn tracker_peer_count_rises_and_falls_after_a_peer_is_killed() -> anyhow::
         tracker.wait_peers(2).await?;
 
         // A query-only client sees the same count over the wire and does not count itself.
-        let query = TestNode::start_with("query", Config { tracker: Some(tracker.addr.clone()), announce_presence: false, ..Config::default() }).await?;
+        let query = TestNode::start_with(
+            "query",
+            Config {
+                tracker: Some(tracker.addr.clone()),
+                announce_presence: false,
+                ..Config::default()
+            },
+        )
+        .await?;
         assert_eq!(query.client.stats().await?.peers, 2);
 
         b.kill().await;
         tracker.wait_peers(1).await?;
         let client = query.client.clone();
-        wait_until("stats over the wire shows 1 peer", Duration::from_secs(10), || {
-            let c = client.clone();
-            async move { c.stats().await.ok().filter(|s| s.peers == 1) }
-        })
+        wait_until(
+            "stats over the wire shows 1 peer",
+            Duration::from_secs(10),
+            || {
+                let c = client.clone();
+                async move { c.stats().await.ok().filter(|s| s.peers == 1) }
+            },
+        )
         .await?;
         a.stop().await?;
         tracker.wait_peers(0).await?;
@@ -129,7 +172,13 @@ async fn unknown_file_and_unreachable_tracker_fail_fast_with_clear_errors() -> a
         let dir = tempfile::tempdir()?;
         let tracker = TestTracker::start().await?;
         let node = TestNode::start("lonely", &tracker.addr).await?;
-        let err = node.client.get(LookupKey::Name(FileName::new("nope.bin")?), dir.path()).await?.wait().await.unwrap_err();
+        let err = node
+            .client
+            .get(LookupKey::Name(FileName::new("nope.bin")?), dir.path())
+            .await?
+            .wait()
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("unknown file"), "{err}");
         node.stop().await?;
         tracker.stop().await?;

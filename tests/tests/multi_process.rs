@@ -15,7 +15,12 @@ fn tracker(home: &std::path::Path) -> anyhow::Result<(Proc, String)> {
     cmd.args(["127.0.0.1:0", "--ephemeral"]);
     let mut proc = Proc::spawn(cmd, home)?;
     let line = proc.wait_line("listening on /ip4/127.0.0.1/tcp/", STEP)?;
-    let port = line.trim_start_matches("listening on /ip4/127.0.0.1/tcp/").split('/').next().unwrap_or_default().to_owned();
+    let port = line
+        .trim_start_matches("listening on /ip4/127.0.0.1/tcp/")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     Ok((proc, format!("127.0.0.1:{port}")))
 }
 
@@ -27,7 +32,10 @@ fn prototype_usage_share_then_get_by_name_gives_identical_bytes() -> anyhow::Res
     let file = make_file(home, "song.ogg", 2 * 1024 * 1024 + 333, 42)?;
 
     let mut share = Command::new(bin("bitswarm")?);
-    share.arg("share").arg(&file).args([&tracker_addr, "127.0.0.1:0"]);
+    share
+        .arg("share")
+        .arg(&file)
+        .args([&tracker_addr, "127.0.0.1:0"]);
     let mut seeder = Proc::spawn(share, home)?;
     let line = seeder.wait_line("sharing ", STEP)?;
     let id: FileId = line.split_whitespace().nth(1).unwrap_or_default().parse()?;
@@ -36,18 +44,35 @@ fn prototype_usage_share_then_get_by_name_gives_identical_bytes() -> anyhow::Res
     let out = home.join("out");
     std::fs::create_dir_all(&out)?;
     let mut get = Command::new(bin("bitswarm")?);
-    get.args(["get", "song.ogg", &tracker_addr, "127.0.0.1:0", "-o"]).arg(&out);
+    get.args(["get", "song.ogg", &tracker_addr, "127.0.0.1:0", "-o"])
+        .arg(&out);
     let output = run_with_timeout(get, home, STEP)?;
-    assert!(output.status.success(), "get failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "get failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(std::fs::read(out.join("song.ogg"))?, std::fs::read(&file)?);
 
     // The same file by content id, as --json.
     let out2 = home.join("out2");
     std::fs::create_dir_all(&out2)?;
     let mut get = Command::new(bin("bitswarm")?);
-    get.args(["get", &id.to_string(), "--tracker", &tracker_addr, "--json", "-o"]).arg(&out2);
+    get.args([
+        "get",
+        &id.to_string(),
+        "--tracker",
+        &tracker_addr,
+        "--json",
+        "-o",
+    ])
+    .arg(&out2);
     let output = run_with_timeout(get, home, STEP)?;
-    assert!(output.status.success(), "get by id failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "get by id failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     assert_eq!(json["id"], id.to_string());
     assert_eq!(std::fs::read(out2.join("song.ogg"))?, std::fs::read(&file)?);
@@ -58,7 +83,10 @@ fn prototype_usage_share_then_get_by_name_gives_identical_bytes() -> anyhow::Res
     assert!(output.status.success());
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     assert_eq!(json["files"], 1);
-    assert!(json["peers"].as_u64() >= Some(1), "the seeder is a live peer: {json}");
+    assert!(
+        json["peers"].as_u64() >= Some(1),
+        "the seeder is a live peer: {json}"
+    );
 
     let mut search = Command::new(bin("bitswarm")?);
     search.args(["search", "SONG", &tracker_addr]);
@@ -74,7 +102,11 @@ fn expect_failure(home: &std::path::Path, args: &[&str]) -> anyhow::Result<Strin
     let output = run_with_timeout(cmd, home, STEP)?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "{args:?} succeeded");
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "one-line error: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "one-line error: {stderr}"
+    );
     Ok(stderr)
 }
 
@@ -84,7 +116,17 @@ fn user_errors_exit_non_zero_with_one_clear_line() -> anyhow::Result<()> {
     let home = dir.path();
     let (mut tracker, tracker_addr) = tracker(home)?;
 
-    let err = expect_failure(home, &["get", "missing.iso", &tracker_addr, "127.0.0.1:0", "-o", "."])?;
+    let err = expect_failure(
+        home,
+        &[
+            "get",
+            "missing.iso",
+            &tracker_addr,
+            "127.0.0.1:0",
+            "-o",
+            ".",
+        ],
+    )?;
     assert!(err.contains("unknown file"), "{err}");
 
     let err = expect_failure(home, &["get", "x.iso", "300.1.1.1:7000"])?;
