@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bitswarm_protocols::{FileName, Lengths, Manifest, PieceHasher, PieceIndex};
+use bitswarm_protocols::{buffers, FileName, Lengths, Manifest, PieceHasher, PieceIndex};
 
 use crate::error::ShareError;
 
@@ -58,7 +58,9 @@ pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
 
 /// Reads one piece at its offset.
 pub(crate) fn read_piece(file: &File, lengths: &Lengths, piece: PieceIndex) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; lengths.piece_len(piece) as usize];
+    let len = lengths.piece_len(piece) as usize;
+    let mut buf = buffers::take(len);
+    buf.resize(len, 0);
     file.read_exact_at(&mut buf, lengths.offset(piece))?;
     Ok(buf)
 }
@@ -82,18 +84,22 @@ pub(crate) fn open_part(part: &Path, size: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// Checks a received piece against the manifest and writes it at its offset.
+/// Checks a received piece against the manifest and writes it at its offset; the buffer goes
+/// back to the pool either way.
 pub(crate) fn store_piece(
     file: &File,
     manifest: &Manifest,
     piece: PieceIndex,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Result<(), StoreError> {
-    manifest
-        .verify_piece(piece, bytes)
-        .map_err(|_| StoreError::BadPiece)?;
-    file.write_all_at(bytes, manifest.lengths().offset(piece))
-        .map_err(StoreError::Io)
+    let result = match manifest.verify_piece(piece, &bytes) {
+        Ok(()) => file
+            .write_all_at(&bytes, manifest.lengths().offset(piece))
+            .map_err(StoreError::Io),
+        Err(_) => Err(StoreError::BadPiece),
+    };
+    buffers::give(bytes);
+    result
 }
 
 /// Makes a finished download durable and gives it its final name.

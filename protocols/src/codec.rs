@@ -123,14 +123,15 @@ impl request_response::Codec for TransferCodec {
             return Err(invalid("response over the size limit"));
         }
         // `len` is bounded by `max` above, so this allocation is too.
-        let mut body = Vec::with_capacity(len as usize);
-        io.take(len).read_to_end(&mut body).await?;
-        if body.len() as u64 != len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated response",
-            ));
-        }
+        let mut body = if header[0] == TAG_PIECE {
+            crate::buffers::take(len as usize)
+        } else {
+            Vec::with_capacity(len as usize)
+        };
+        // `read_exact` into a sized buffer: `read_to_end` would grow a full buffer (a realloc
+        // and copy of the whole piece) before it sees the end. A short body is `UnexpectedEof`.
+        body.resize(len as usize, 0);
+        io.read_exact(&mut body).await?;
         if header[0] == TAG_PIECE {
             return Ok(transfer::Response::Piece(body));
         }
@@ -164,7 +165,11 @@ impl request_response::Codec for TransferCodec {
         T: AsyncWrite + Unpin + Send,
     {
         let control = match res {
-            transfer::Response::Piece(bytes) => return write_frame(io, TAG_PIECE, &bytes).await,
+            transfer::Response::Piece(bytes) => {
+                let written = write_frame(io, TAG_PIECE, &bytes).await;
+                crate::buffers::give(bytes);
+                return written;
+            }
             transfer::Response::Manifest(m) => Control::Manifest(m),
             transfer::Response::Have(bits) => Control::Have(bits),
             transfer::Response::Error(code) => Control::Error(code),

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod addr;
+pub mod buffers;
 pub mod codec;
 mod error;
 mod hash;

@@ -368,7 +368,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         // The provider's window slot stays taken until the piece is stored, which bounds the
         // piece bytes held in memory to window x piece size per provider.
         self.tasks.spawn_blocking(move || {
-            let result = store::store_piece(&file, &manifest, piece, &bytes);
+            let result = store::store_piece(&file, &manifest, piece, bytes);
             TaskOutput::Download(TaskDone::PieceStored {
                 download: id,
                 peer,
