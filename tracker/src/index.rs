@@ -84,17 +84,6 @@ pub enum IndexError {
     /// A search query longer than [`MAX_QUERY_LEN`] bytes.
     #[error("query of {0} bytes is longer than {MAX_QUERY_LEN}")]
     QueryTooLong(usize),
-    /// A file announced with a size other than the one it is indexed with. The id is a hash of
-    /// the bytes, so one of the announcers is wrong.
-    #[error("file {file} announced with size {got}, indexed with size {indexed}")]
-    SizeMismatch {
-        /// The file.
-        file: FileId,
-        /// The size already indexed (or announced earlier in the same announce).
-        indexed: u64,
-        /// The size announced.
-        got: u64,
-    },
     /// [`Limits::max_peers`] peers are registered already.
     #[error("limit of {0} registered peers reached")]
     PeerLimit(usize),
@@ -115,8 +104,7 @@ impl IndexError {
         match self {
             IndexError::TooManyFiles(_)
             | IndexError::TooManyAddrs(_)
-            | IndexError::QueryTooLong(_)
-            | IndexError::SizeMismatch { .. } => ErrorCode::BadRequest,
+            | IndexError::QueryTooLong(_) => ErrorCode::BadRequest,
             IndexError::PeerLimit(_) | IndexError::PeerFileLimit(_) | IndexError::FileLimit(_) => {
                 ErrorCode::LimitReached
             }
@@ -142,6 +130,10 @@ struct Holding {
     /// Whether `name` is counted in the file's names (false while the file has
     /// [`MAX_NAMES_PER_FILE`] other names).
     counted: bool,
+    /// The size this peer announced. Sizes are advisory (a downloader verifies the manifest,
+    /// whose tree shape fixes the size), so the index reports what most holders say rather than
+    /// letting the first announcer's claim lock out everyone else.
+    size: u64,
 }
 
 #[derive(Debug)]
@@ -155,7 +147,6 @@ struct PeerEntry {
 
 #[derive(Debug)]
 struct FileEntry {
-    size: u64,
     /// Name -> number of holders whose holding counts under it; never 0.
     names: BTreeMap<FileName, usize>,
     /// Holder -> whether it holds every piece.
@@ -210,7 +201,7 @@ impl FileIndex {
     /// Either the whole announce is applied or nothing is.
     ///
     /// # Errors
-    /// [`IndexError::TooManyFiles`], [`IndexError::TooManyAddrs`], [`IndexError::SizeMismatch`],
+    /// [`IndexError::TooManyFiles`], [`IndexError::TooManyAddrs`],
     /// or one of the limit errors when the announce would pass a [`Limits`] bound.
     pub fn announce(
         &mut self,
@@ -230,24 +221,14 @@ impl FileIndex {
             return Err(IndexError::PeerLimit(self.limits.max_peers));
         }
         // Check everything before changing anything.
-        let mut sizes = HashMap::with_capacity(files.len());
+        let mut seen = HashSet::with_capacity(files.len());
         let (mut new_for_peer, mut new_in_index) = (0, 0);
         for f in &files {
-            let indexed = self.files.get(&f.id).map(|e| e.size);
-            if let Some(indexed) = indexed.or_else(|| sizes.get(&f.id).copied()) {
-                if indexed != f.size {
-                    return Err(IndexError::SizeMismatch {
-                        file: f.id,
-                        indexed,
-                        got: f.size,
-                    });
-                }
-            }
-            if sizes.insert(f.id, f.size).is_none() {
+            if seen.insert(f.id) {
                 if !known.is_some_and(|p| p.files.contains_key(&f.id)) {
                     new_for_peer += 1;
                 }
-                if indexed.is_none() {
+                if !self.files.contains_key(&f.id) {
                     new_in_index += 1;
                 }
             }
@@ -364,7 +345,7 @@ impl FileIndex {
                     hits.push(FileSummary {
                         id: *id,
                         name: name.clone(),
-                        size: file.size,
+                        size: self.size_of(*id),
                         seeders: saturating_u32(seeders),
                         leechers: saturating_u32(leechers),
                     });
@@ -393,7 +374,6 @@ impl FileIndex {
         // Taken out of the peer first, so a name promotion below cannot pick it.
         let previous = self.peers.get_mut(&peer).and_then(|p| p.files.remove(&id));
         let file = self.files.entry(id).or_insert_with(|| FileEntry {
-            size,
             names: BTreeMap::new(),
             holders: BTreeMap::new(),
         });
@@ -409,7 +389,14 @@ impl FileIndex {
             None => self.claim_name(id, &name),
         };
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.files.insert(id, Holding { name, counted });
+            p.files.insert(
+                id,
+                Holding {
+                    name,
+                    counted,
+                    size,
+                },
+            );
         }
     }
 
@@ -489,6 +476,26 @@ impl FileIndex {
     }
 
     /// The record of `id` under `name` (or its most shared name) with `max` providers.
+    /// The size most holders of `id` announced (the smallest among equally common ones).
+    fn size_of(&self, id: FileId) -> u64 {
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for peer in self
+            .files
+            .get(&id)
+            .into_iter()
+            .flat_map(|f| f.holders.keys())
+        {
+            if let Some(h) = self.peers.get(peer).and_then(|p| p.files.get(&id)) {
+                *counts.entry(h.size).or_default() += 1;
+            }
+        }
+        let best = counts.values().copied().max().unwrap_or(0);
+        counts
+            .into_iter()
+            .find(|(_, n)| *n == best)
+            .map_or(0, |(size, _)| size)
+    }
+
     fn record(&self, id: FileId, name: Option<&FileName>, max: usize) -> Option<FileRecord> {
         let file = self.files.get(&id)?;
         let name = match name {
@@ -515,7 +522,7 @@ impl FileIndex {
         Some(FileRecord {
             id,
             name,
-            size: file.size,
+            size: self.size_of(id),
             providers,
         })
     }

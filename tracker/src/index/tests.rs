@@ -318,30 +318,25 @@ fn given_oversized_announce_or_query_then_bad_request_and_nothing_changes() {
 }
 
 #[test]
-fn given_a_size_that_contradicts_the_index_then_the_announce_is_refused() {
+fn given_conflicting_sizes_then_no_announce_is_refused_and_the_majority_size_is_shown() {
     let mut idx = index();
     let now = Instant::now();
     idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
         .unwrap();
     let mut liar = file("a", "a", true);
     liar.size = 99;
-    let err = idx
-        .announce(
-            PeerId::random(),
-            announce(vec![file("b", "b", true), liar]),
-            now,
-        )
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        IndexError::SizeMismatch {
-            indexed: 1,
-            got: 99,
-            ..
-        }
-    ));
-    assert_eq!(err.code(), ErrorCode::BadRequest);
-    assert_eq!(idx.stats(), Stats { peers: 1, files: 1 }, "all or nothing");
+    // A conflicting size is no reason to refuse an announce: a squatter announcing first with
+    // a wrong size must not lock honest seeders out. The size most holders agree on is shown.
+    let liar_peer = PeerId::random();
+    idx.announce(liar_peer, announce(vec![file("b", "b", true), liar]), now)
+        .unwrap();
+    let id = file("a", "a", true).id;
+    let shown = |idx: &FileIndex| idx.lookup(&LookupKey::Id(id), 0)[0].size;
+    assert_eq!(shown(&idx), 1, "tie between 1 and 99: the smaller");
+    idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
+        .unwrap();
+    assert_eq!(shown(&idx), 1, "two holders say 1");
+    assert_eq!(idx.stats(), Stats { peers: 3, files: 2 });
     idx.check();
 }
 
