@@ -15,6 +15,7 @@
 mod addr;
 pub mod buffers;
 pub mod codec;
+pub mod collection;
 mod error;
 mod hash;
 pub mod keyfile;
@@ -25,6 +26,7 @@ mod types;
 
 pub use addr::{parse_addr, AddrError};
 pub use codec::{tracker_codec, TrackerCodec, TransferCodec};
+pub use collection::{Collection, CollectionEntry, CollectionError, RelPath};
 pub use error::{ErrorCode, ManifestError, TypeError};
 pub use hash::{hash_piece, PieceHasher};
 pub use manifest::{Manifest, WireManifest};
