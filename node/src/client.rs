@@ -45,6 +45,10 @@ pub struct Downloaded {
     pub elapsed: Duration,
     /// Providers that sent at least one verified piece.
     pub providers_used: usize,
+    /// Bytes found verified in the `.part` file of an earlier run.
+    pub resumed: u64,
+    /// Bytes fetched from providers in this run.
+    pub fetched: u64,
 }
 
 /// Progress of a download, updated as pieces are verified.

@@ -18,8 +18,15 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_MAX_SERVING_READS: usize = 64;
 /// Streams per connection (inbound + outbound) the transfer protocol accepts.
 pub const DEFAULT_MAX_STREAMS: usize = 128;
-/// Failed requests (timeouts, errors) after which a provider is dropped for a file.
+/// Timed-out requests after which a provider is dropped for a file.
 pub const DEFAULT_MAX_PROVIDER_FAILURES: u32 = 3;
+/// Largest in-flight window a fast provider grows to.
+pub const DEFAULT_MAX_WINDOW: usize = 64;
+/// How long a download waits without any provider sending data (all gone, none found yet)
+/// before it fails; the `.part` file and resume record stay for a later run.
+pub const DEFAULT_PROVIDER_WAIT: Duration = Duration::from_secs(30);
+/// How often a running download asks the tracker for new providers.
+pub const DEFAULT_RELOOKUP_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Everything a node needs to start. Build with `Config { .., ..Default::default() }`.
 #[derive(Debug, Clone)]
@@ -45,8 +52,14 @@ pub struct Config {
     pub max_serving_reads: usize,
     /// Concurrent streams per connection.
     pub max_streams: usize,
-    /// Failures after which a provider is dropped for a file.
+    /// Timeouts after which a provider is dropped for a file.
     pub max_provider_failures: u32,
+    /// Largest per-provider window.
+    pub max_window: usize,
+    /// How long a download waits for a provider to send data before it fails.
+    pub provider_wait: Duration,
+    /// How often a running download looks for new providers.
+    pub relookup_interval: Duration,
     /// The span every log line of this node is recorded under.
     pub root_span: tracing::Span,
     /// Cancelling it stops the node.
@@ -67,6 +80,9 @@ impl Default for Config {
             max_serving_reads: DEFAULT_MAX_SERVING_READS,
             max_streams: DEFAULT_MAX_STREAMS,
             max_provider_failures: DEFAULT_MAX_PROVIDER_FAILURES,
+            max_window: DEFAULT_MAX_WINDOW,
+            provider_wait: DEFAULT_PROVIDER_WAIT,
+            relookup_interval: DEFAULT_RELOOKUP_INTERVAL,
             root_span: tracing::Span::none(),
             cancel: CancellationToken::new(),
         }

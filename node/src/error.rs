@@ -85,9 +85,15 @@ pub enum GetError {
         /// The ids it matches.
         ids: Vec<FileId>,
     },
-    /// Nobody (else) holds the file, or every provider failed.
-    #[error("no provider for {0}: every peer holding it is gone or failed")]
-    NoProviders(FileId),
+    /// No provider sent data for the configured wait: every peer holding the file is gone,
+    /// failed, or none could be reached. The `.part` file and resume record are kept.
+    #[error("no provider for {file}: none sent data for {}s (the .part file is kept; run get again to resume)", waited.as_secs())]
+    NoProviders {
+        /// The file.
+        file: FileId,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// This node already holds or is downloading the file.
     #[error("this node already holds or is downloading {0}")]
     Busy(FileId),

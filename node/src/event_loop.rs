@@ -76,6 +76,7 @@ pub(crate) enum TrackerWaiter {
     Search(oneshot::Sender<Result<Vec<FileSummary>>>),
     Stats(oneshot::Sender<Result<Stats>>),
     Download(DownloadId),
+    Unannounce,
 }
 
 enum TrackerLink {
@@ -278,6 +279,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if self.next_announce.is_some_and(|t| now >= t) {
             self.announce();
         }
+        self.downloads_housekeeping();
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
@@ -419,11 +421,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             TrackerWaiter::Lookup(tx) => drop(tx.send(Err(error))),
             TrackerWaiter::Search(tx) => drop(tx.send(Err(error))),
             TrackerWaiter::Stats(tx) => drop(tx.send(Err(error))),
-            TrackerWaiter::Download(id) => self.fail_download(id, error.into()),
+            TrackerWaiter::Download(id) => self.on_lookup_failed(id, error),
+            TrackerWaiter::Unannounce => debug!(%error, "unannounce failed"),
         }
     }
 
-    /// Tells the tracker which complete files this node serves and where to reach it.
+    /// Tells the tracker which files this node serves (complete, or partly during a download) and where to reach it.
     pub(crate) fn announce(&mut self) {
         if self.tracker_addr.is_none() {
             return;
@@ -431,13 +434,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let files = self
             .held
             .values()
-            .filter(|h| h.download.is_none())
             .take(tracker::MAX_ANNOUNCE_FILES)
             .map(|h| AnnouncedFile {
                 id: h.manifest.id(),
                 name: h.manifest.name().clone(),
                 size: h.manifest.lengths().size(),
-                complete: true,
+                complete: h.download.is_none(),
             })
             .collect();
         let addrs = self

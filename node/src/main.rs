@@ -327,7 +327,7 @@ fn print_downloaded(done: &Downloaded, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"id": done.id.to_string(), "path": done.path, "size": done.size, "seconds": secs, "mb_per_s": mbps, "providers": done.providers_used})
+            serde_json::json!({"id": done.id.to_string(), "path": done.path, "size": done.size, "seconds": secs, "mb_per_s": mbps, "providers": done.providers_used, "resumed": done.resumed, "fetched": done.fetched})
         );
     } else {
         println!(

@@ -75,6 +75,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         request: transfer::Request,
         channel: ResponseChannel<transfer::Response>,
     ) {
+        let (transfer::Request::Manifest { id }
+        | transfer::Request::Have { id }
+        | transfer::Request::Piece { id, .. }) = request;
+        self.on_interested_peer(peer, id);
         let (id, index) = match request {
             transfer::Request::Manifest { id } => {
                 let response = match self.held.get(&id) {
@@ -86,9 +90,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             transfer::Request::Have { id } => {
                 let response = match self.held.get(&id) {
-                    Some(held) => {
-                        transfer::Response::Have(self.bitfield_of(id, held.manifest.lengths()))
-                    }
+                    Some(held) => transfer::Response::Have(self.bitfield_of(id, &held.manifest)),
                     None => transfer::Response::Error(ErrorCode::NotFound),
                 };
                 return self.respond(channel, response);

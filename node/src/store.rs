@@ -12,7 +12,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bitswarm_protocols::{buffers, FileName, Lengths, Manifest, PieceHasher, PieceIndex};
+use bitswarm_protocols::{buffers, FileId, FileName, Lengths, Manifest, PieceHasher, PieceIndex};
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::ShareError;
 
@@ -72,16 +74,95 @@ pub(crate) fn download_paths(dir: &Path, name: &FileName) -> (PathBuf, PathBuf) 
     (path, part)
 }
 
-/// Opens (creating if needed) the `.part` file and sizes it.
-pub(crate) fn open_part(part: &Path, size: u64) -> io::Result<File> {
+/// Where the resume record of a download lives: beside its `.part` file.
+pub(crate) fn record_path(part: &Path) -> PathBuf {
+    let mut name = part.as_os_str().to_owned();
+    name.push(".resume");
+    PathBuf::from(name)
+}
+
+/// The resume record: which file a `.part` belongs to and which pieces were verified.
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeRecord {
+    v: u8,
+    id: FileId,
+    size: u64,
+    piece_size: u32,
+    #[serde(with = "serde_bytes")]
+    have: Vec<u8>,
+}
+
+/// Largest resume record read (a bitfield of `MAX_PIECES` bits plus a header).
+const MAX_RECORD_LEN: u64 = 16 * 1024;
+
+/// Writes the resume record atomically (temporary file + rename).
+pub(crate) fn write_record(part: &Path, manifest: &Manifest, have: Vec<u8>) -> io::Result<()> {
+    let record = ResumeRecord {
+        v: 1,
+        id: manifest.id(),
+        size: manifest.lengths().size(),
+        piece_size: manifest.lengths().piece_size(),
+        have,
+    };
+    let bytes = cbor4ii::serde::to_vec(Vec::new(), &record).map_err(io::Error::other)?;
+    let path = record_path(part);
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, &path)
+}
+
+/// Reads the resume record of `part`, if there is a readable one.
+fn read_record(part: &Path) -> Option<ResumeRecord> {
+    let file = File::open(record_path(part)).ok()?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_RECORD_LEN), &mut bytes).ok()?;
+    cbor4ii::serde::from_slice(&bytes).ok()
+}
+
+/// An opened download: its `.part` file and the pieces already in it, verified.
+pub(crate) struct Opened {
+    pub(crate) file: File,
+    pub(crate) resumed: Vec<PieceIndex>,
+}
+
+/// Opens the `.part` file of a download, resuming what an earlier run left.
+///
+/// Every piece already in the `.part` file is checked against the manifest before it counts:
+/// the record names the file the `.part` belongs to, but a piece written just before a crash,
+/// or torn by one, is only trusted if its hash matches. A `.part` whose record names another
+/// file is started afresh.
+pub(crate) fn open_download(path: &Path, part: &Path, manifest: &Manifest) -> io::Result<Opened> {
+    if path.exists() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+    }
+    let existed = part.exists();
+    let stale = read_record(part).is_some_and(|r| {
+        r.v != 1
+            || r.id != manifest.id()
+            || r.size != manifest.lengths().size()
+            || r.piece_size != manifest.lengths().piece_size()
+    });
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(false)
+        .truncate(stale)
         .open(part)?;
-    file.set_len(size)?;
-    Ok(file)
+    let lengths = manifest.lengths();
+    file.set_len(lengths.size())?;
+    let mut resumed = Vec::new();
+    if existed && !stale {
+        let mut buf = vec![0u8; lengths.piece_size() as usize];
+        for piece in lengths.pieces() {
+            let chunk = &mut buf[..lengths.piece_len(piece) as usize];
+            file.read_exact_at(chunk, lengths.offset(piece))?;
+            if manifest.verify_piece(piece, chunk).is_ok() {
+                resumed.push(piece);
+            }
+        }
+    }
+    Ok(Opened { file, resumed })
 }
 
 /// Checks a received piece against the manifest and writes it at its offset; the buffer goes
@@ -106,6 +187,10 @@ pub(crate) fn store_piece(
 pub(crate) fn finish(file: &File, part: &Path, path: &Path) -> io::Result<()> {
     file.sync_all()?;
     fs::rename(part, path)?;
+    match fs::remove_file(record_path(part)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     if let Some(dir) = path.parent() {
         // Persist the rename itself.
         File::open(dir).and_then(|d| d.sync_all())?;

@@ -1,102 +1,173 @@
-//! [`PiecePicker`]: which piece to request next. Pure state, no I/O.
+//! [`PiecePicker`]: which piece to ask which provider for next. Pure state, no I/O.
 //!
-//! Every piece is in exactly one of three states: missing (in `missing`), requested (a count in
-//! `requested`), or held (bit set in `held`). Requests go out lowest index first, so a download
-//! fills its file front to back; a failed request puts its piece back.
-
-use std::collections::{BTreeSet, HashMap};
+//! Every piece is in exactly one state: missing, requested (with the number of outstanding
+//! requests; more than one only in endgame) or held. `availability[i]` counts the providers
+//! whose bitfield has piece `i`; picks go rarest first, and a random starting point makes the
+//! choice among equally rare pieces random, so leechers spread out over different pieces and
+//! can trade them. Once nothing is missing, endgame hands out pieces that are still requested
+//! elsewhere (at most [`ENDGAME_COPIES`] requests per piece), and the first copy to arrive wins.
 
 use bitswarm_protocols::{Lengths, PieceIndex};
+use rand::Rng;
 
-/// Tracks which pieces are missing, requested and held.
+use super::bitfield::Bitfield;
+
+/// Most outstanding requests for one piece in endgame.
+pub(crate) const ENDGAME_COPIES: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Missing,
+    Requested(u8),
+    Held,
+}
+
+/// Tracks piece states and availability for one download.
 #[derive(Debug, Clone)]
 pub(crate) struct PiecePicker {
     lengths: Lengths,
-    /// Pieces nobody has been asked for.
-    missing: BTreeSet<PieceIndex>,
-    /// Pieces asked for, with the number of outstanding requests.
-    requested: HashMap<PieceIndex, u32>,
-    /// Pieces verified and stored.
-    held: Vec<bool>,
-    held_count: u32,
+    state: Vec<State>,
+    availability: Vec<u16>,
+    held: Bitfield,
+    missing: u32,
 }
 
 impl PiecePicker {
     /// A picker with every piece missing.
     pub(crate) fn new(lengths: Lengths) -> Self {
+        let n = lengths.piece_count() as usize;
         PiecePicker {
             lengths,
-            missing: lengths.pieces().collect(),
-            requested: HashMap::new(),
-            held: vec![false; lengths.piece_count() as usize],
-            held_count: 0,
+            state: vec![State::Missing; n],
+            availability: vec![0; n],
+            held: Bitfield::empty(&lengths),
+            missing: lengths.piece_count(),
         }
     }
 
-    /// A picker with every piece held (a complete file).
-    pub(crate) fn full(lengths: Lengths) -> Self {
-        let count = lengths.piece_count();
-        PiecePicker {
-            lengths,
-            missing: BTreeSet::new(),
-            requested: HashMap::new(),
-            held: vec![true; count as usize],
-            held_count: count,
+    /// Counts a provider's pieces in the availability.
+    pub(crate) fn add_provider(&mut self, have: &Bitfield) {
+        self.adjust(have, true);
+    }
+
+    /// Removes a provider's pieces from the availability.
+    pub(crate) fn remove_provider(&mut self, have: &Bitfield) {
+        self.adjust(have, false);
+    }
+
+    fn adjust(&mut self, have: &Bitfield, add: bool) {
+        for p in self.lengths.pieces() {
+            if have.has(p) {
+                let a = &mut self.availability[p.as_usize()];
+                *a = if add {
+                    a.saturating_add(1)
+                } else {
+                    a.saturating_sub(1)
+                };
+            }
         }
     }
 
-    /// The next piece to request, marked requested; `None` when none is left to ask for.
-    pub(crate) fn pick(&mut self) -> Option<PieceIndex> {
-        let piece = self.missing.pop_first()?;
-        *self.requested.entry(piece).or_default() += 1;
+    /// Up to `n` missing pieces that `have` holds, rarest first, marked requested. `skip`
+    /// excludes pieces (for example ones that just timed out at this provider).
+    pub(crate) fn pick(
+        &mut self,
+        have: &Bitfield,
+        n: usize,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Vec<PieceIndex> {
+        if n == 0 || self.missing == 0 {
+            return Vec::new();
+        }
+        let count = self.lengths.piece_count();
+        let start = rand::thread_rng().gen_range(0..count);
+        // (availability, distance from the random start, piece): sorting on the first two gives
+        // rarest first and a random order among equals.
+        let mut candidates: Vec<(u16, u32, PieceIndex)> = self
+            .lengths
+            .pieces()
+            .filter(|p| self.state[p.as_usize()] == State::Missing && have.has(*p) && !skip(*p))
+            .map(|p| {
+                (
+                    self.availability[p.as_usize()],
+                    (p.get() + count - start) % count,
+                    p,
+                )
+            })
+            .collect();
+        if candidates.len() > n {
+            candidates.select_nth_unstable(n - 1);
+            candidates.truncate(n);
+        }
+        candidates.sort_unstable();
+        let picked: Vec<PieceIndex> = candidates.into_iter().map(|(_, _, p)| p).collect();
+        for p in &picked {
+            self.state[p.as_usize()] = State::Requested(1);
+            self.missing -= 1;
+        }
+        picked
+    }
+
+    /// Endgame: a piece that is requested elsewhere but not yet held, that `have` holds and
+    /// `skip` does not exclude, marked as requested once more.
+    pub(crate) fn pick_endgame(
+        &mut self,
+        have: &Bitfield,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Option<PieceIndex> {
+        if self.missing != 0 {
+            return None;
+        }
+        let piece = self.lengths.pieces().find(|p| {
+            matches!(self.state[p.as_usize()], State::Requested(k) if k < ENDGAME_COPIES)
+                && have.has(*p)
+                && !skip(*p)
+        })?;
+        if let State::Requested(k) = &mut self.state[piece.as_usize()] {
+            *k += 1;
+        }
         Some(piece)
     }
 
-    /// A request for `piece` failed: it goes back to missing when no other request is out.
+    /// A request for `piece` ended without the piece: it is missing again when no other
+    /// request for it is outstanding.
     pub(crate) fn failed(&mut self, piece: PieceIndex) {
-        if let Some(n) = self.requested.get_mut(&piece) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.requested.remove(&piece);
-                if !self.held[piece.as_usize()] {
-                    self.missing.insert(piece);
-                }
+        let s = &mut self.state[piece.as_usize()];
+        match *s {
+            State::Requested(1) => {
+                *s = State::Missing;
+                self.missing += 1;
             }
+            State::Requested(k) => *s = State::Requested(k - 1),
+            State::Missing | State::Held => {}
         }
     }
 
     /// `piece` was verified and stored. Returns false if it was held already.
     pub(crate) fn stored(&mut self, piece: PieceIndex) -> bool {
-        self.requested.remove(&piece);
-        self.missing.remove(&piece);
-        let slot = &mut self.held[piece.as_usize()];
-        if *slot {
-            return false;
+        let s = &mut self.state[piece.as_usize()];
+        match *s {
+            State::Held => return false,
+            State::Missing => self.missing -= 1,
+            State::Requested(_) => {}
         }
-        *slot = true;
-        self.held_count += 1;
-        true
+        *s = State::Held;
+        self.held.set(piece)
     }
 
     /// Whether `piece` is held.
     pub(crate) fn has(&self, piece: PieceIndex) -> bool {
-        self.held.get(piece.as_usize()).copied().unwrap_or(false)
+        self.held.has(piece)
     }
 
     /// Whether every piece is held.
     pub(crate) fn is_complete(&self) -> bool {
-        self.held_count == self.lengths.piece_count()
+        self.held.is_full()
     }
 
-    /// Pieces held, as the wire bitfield (bit `i`, most significant first, is piece `i`).
-    pub(crate) fn bitfield(&self) -> Vec<u8> {
-        let mut bits = vec![0u8; self.held.len().div_ceil(8)];
-        for (i, held) in self.held.iter().enumerate() {
-            if *held {
-                bits[i / 8] |= 0x80 >> (i % 8);
-            }
-        }
-        bits
+    /// The pieces held.
+    pub(crate) fn held(&self) -> &Bitfield {
+        &self.held
     }
 }
 
@@ -104,43 +175,89 @@ impl PiecePicker {
 mod tests {
     use super::*;
 
-    fn picker(pieces: u32) -> PiecePicker {
-        PiecePicker::new(Lengths::new(u64::from(pieces) * 16384, 16384).unwrap())
+    fn lengths(pieces: u32) -> Lengths {
+        Lengths::new(u64::from(pieces) * 16384, 16384).unwrap()
     }
 
-    #[test]
-    fn given_fresh_picker_then_pieces_come_in_order_once() {
-        let mut p = picker(3);
-        let got: Vec<u32> = std::iter::from_fn(|| p.pick()).map(|i| i.get()).collect();
-        assert_eq!(got, [0, 1, 2]);
-        assert!(p.pick().is_none());
-    }
-
-    #[test]
-    fn given_failed_request_then_piece_is_picked_again() {
-        let mut p = picker(2);
-        let a = p.pick().unwrap();
-        p.failed(a);
-        assert_eq!(p.pick(), Some(a));
-    }
-
-    #[test]
-    fn given_all_stored_then_complete_with_full_bitfield() {
-        let mut p = picker(9);
-        while let Some(i) = p.pick() {
-            assert!(p.stored(i));
+    fn bits(l: &Lengths, pieces: &[u32]) -> Bitfield {
+        let mut b = Bitfield::empty(l);
+        for p in pieces {
+            b.set(l.piece(*p).unwrap());
         }
-        assert!(p.is_complete());
-        assert_eq!(p.bitfield(), [0xff, 0x80]);
+        b
     }
 
     #[test]
-    fn given_stored_piece_then_late_failure_does_not_resurrect_it() {
-        let mut p = picker(1);
-        let a = p.pick().unwrap();
-        assert!(p.stored(a));
+    fn given_fresh_picker_then_every_piece_is_picked_once() {
+        let l = lengths(5);
+        let mut p = PiecePicker::new(l);
+        let full = Bitfield::full(&l);
+        p.add_provider(&full);
+        let mut got: Vec<u32> = p
+            .pick(&full, 10, |_| false)
+            .iter()
+            .map(|i| i.get())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        assert!(p.pick(&full, 1, |_| false).is_empty());
+    }
+
+    #[test]
+    fn given_uneven_availability_then_rarest_piece_comes_first() {
+        let l = lengths(4);
+        let mut p = PiecePicker::new(l);
+        let seeder = Bitfield::full(&l);
+        p.add_provider(&seeder);
+        p.add_provider(&bits(&l, &[0, 1, 3]));
+        p.add_provider(&bits(&l, &[0, 1]));
+        // Availability: 0 -> 3, 1 -> 3, 2 -> 1, 3 -> 2.
+        let first: Vec<u32> = p
+            .pick(&seeder, 2, |_| false)
+            .iter()
+            .map(|i| i.get())
+            .collect();
+        assert_eq!(first, [2, 3]);
+    }
+
+    #[test]
+    fn given_peer_without_piece_then_it_is_not_asked_for_it() {
+        let l = lengths(3);
+        let mut p = PiecePicker::new(l);
+        let partial = bits(&l, &[1]);
+        p.add_provider(&partial);
+        let got = p.pick(&partial, 3, |_| false);
+        assert_eq!(got, [l.piece(1).unwrap()]);
+    }
+
+    #[test]
+    fn given_failed_request_then_piece_is_picked_again_unless_skipped() {
+        let l = lengths(1);
+        let full = Bitfield::full(&l);
+        let mut p = PiecePicker::new(l);
+        let a = p.pick(&full, 1, |_| false)[0];
         p.failed(a);
-        assert!(p.pick().is_none());
-        assert!(!p.stored(a), "stored twice");
+        assert!(p.pick(&full, 1, |x| x == a).is_empty());
+        assert_eq!(p.pick(&full, 1, |_| false), [a]);
+    }
+
+    #[test]
+    fn given_everything_requested_then_endgame_duplicates_once_and_first_copy_wins() {
+        let l = lengths(2);
+        let full = Bitfield::full(&l);
+        let mut p = PiecePicker::new(l);
+        let both = p.pick(&full, 2, |_| false);
+        assert_eq!(both.len(), 2);
+        let dup = p.pick_endgame(&full, |x| x == both[0]).unwrap();
+        assert_eq!(dup, both[1]);
+        assert!(
+            p.pick_endgame(&full, |x| x == both[0]).is_none(),
+            "at most two copies"
+        );
+        assert!(p.stored(dup));
+        assert!(!p.stored(dup), "the losing copy is not stored twice");
+        p.failed(dup);
+        assert!(p.stored(both[0]));
+        assert!(p.is_complete());
     }
 }
