@@ -14,6 +14,9 @@ use super::bitfield::Bitfield;
 
 /// Most outstanding requests for one piece in endgame.
 pub(crate) const ENDGAME_COPIES: u8 = 2;
+/// Endgame starts once nothing is missing and at most this many pieces are still requested:
+/// duplicating a long tail of outstanding requests would waste more than it saves.
+pub(crate) const ENDGAME_MAX_OUTSTANDING: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -30,6 +33,8 @@ pub(crate) struct PiecePicker {
     availability: Vec<u16>,
     held: Bitfield,
     missing: u32,
+    /// Pieces in the requested state.
+    requested: u32,
 }
 
 impl PiecePicker {
@@ -42,6 +47,7 @@ impl PiecePicker {
             availability: vec![0; n],
             held: Bitfield::empty(&lengths),
             missing: lengths.piece_count(),
+            requested: 0,
         }
     }
 
@@ -104,6 +110,7 @@ impl PiecePicker {
         for p in &picked {
             self.state[p.as_usize()] = State::Requested(1);
             self.missing -= 1;
+            self.requested += 1;
         }
         picked
     }
@@ -115,7 +122,7 @@ impl PiecePicker {
         have: &Bitfield,
         skip: impl Fn(PieceIndex) -> bool,
     ) -> Option<PieceIndex> {
-        if self.missing != 0 {
+        if self.missing != 0 || self.requested > ENDGAME_MAX_OUTSTANDING {
             return None;
         }
         let piece = self.lengths.pieces().find(|p| {
@@ -137,6 +144,7 @@ impl PiecePicker {
             State::Requested(1) => {
                 *s = State::Missing;
                 self.missing += 1;
+                self.requested -= 1;
             }
             State::Requested(k) => *s = State::Requested(k - 1),
             State::Missing | State::Held => {}
@@ -149,7 +157,7 @@ impl PiecePicker {
         match *s {
             State::Held => return false,
             State::Missing => self.missing -= 1,
-            State::Requested(_) => {}
+            State::Requested(_) => self.requested -= 1,
         }
         *s = State::Held;
         self.held.set(piece)
@@ -239,6 +247,17 @@ mod tests {
         p.failed(a);
         assert!(p.pick(&full, 1, |x| x == a).is_empty());
         assert_eq!(p.pick(&full, 1, |_| false), [a]);
+    }
+
+    #[test]
+    fn given_a_long_tail_of_requests_then_endgame_waits() {
+        let l = lengths(ENDGAME_MAX_OUTSTANDING + 1);
+        let full = Bitfield::full(&l);
+        let mut p = PiecePicker::new(l);
+        let all = p.pick(&full, 64, |_| false);
+        assert!(p.pick_endgame(&full, |_| false).is_none());
+        assert!(p.stored(all[0]));
+        assert!(p.pick_endgame(&full, |_| false).is_some());
     }
 
     #[test]
