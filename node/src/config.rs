@@ -15,13 +15,16 @@ pub const DEFAULT_TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// tracker connection of a sharing node stays up between announces.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Disk reads serving pieces at once; more requests get [`bitswarm_protocols::ErrorCode::Busy`].
-pub const DEFAULT_MAX_SERVING_READS: usize = 64;
+pub const DEFAULT_MAX_SERVING_READS: usize = 32;
 /// Streams per connection (inbound + outbound) the transfer protocol accepts.
 pub const DEFAULT_MAX_STREAMS: usize = 128;
 /// Timed-out requests after which a provider is dropped for a file.
 pub const DEFAULT_MAX_PROVIDER_FAILURES: u32 = 3;
 /// Largest in-flight window a fast provider grows to.
-pub const DEFAULT_MAX_WINDOW: usize = 64;
+pub const DEFAULT_MAX_WINDOW: usize = 32;
+/// Most piece requests one download has in flight over all its providers; bounds the piece
+/// bytes a download holds in memory (requests x piece size).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 /// How long a download waits without any provider sending data (all gone, none found yet)
 /// before it fails; the `.part` file and resume record stay for a later run.
 pub const DEFAULT_PROVIDER_WAIT: Duration = Duration::from_secs(30);
@@ -56,6 +59,8 @@ pub struct Config {
     pub max_provider_failures: u32,
     /// Largest per-provider window.
     pub max_window: usize,
+    /// Most piece requests in flight per download, over all providers.
+    pub max_in_flight: usize,
     /// How long a download waits for a provider to send data before it fails.
     pub provider_wait: Duration,
     /// How often a running download looks for new providers.
@@ -81,6 +86,7 @@ impl Default for Config {
             max_streams: DEFAULT_MAX_STREAMS,
             max_provider_failures: DEFAULT_MAX_PROVIDER_FAILURES,
             max_window: DEFAULT_MAX_WINDOW,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             provider_wait: DEFAULT_PROVIDER_WAIT,
             relookup_interval: DEFAULT_RELOOKUP_INTERVAL,
             root_span: tracing::Span::none(),

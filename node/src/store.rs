@@ -61,8 +61,7 @@ pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
 /// Reads one piece at its offset.
 pub(crate) fn read_piece(file: &File, lengths: &Lengths, piece: PieceIndex) -> io::Result<Vec<u8>> {
     let len = lengths.piece_len(piece) as usize;
-    let mut buf = buffers::take(len);
-    buf.resize(len, 0);
+    let mut buf = buffers::take_filled(len);
     file.read_exact_at(&mut buf, lengths.offset(piece))?;
     Ok(buf)
 }

@@ -122,15 +122,14 @@ impl request_response::Codec for TransferCodec {
         if len > max {
             return Err(invalid("response over the size limit"));
         }
-        // `len` is bounded by `max` above, so this allocation is too.
+        // `len` is bounded by `max` above, so this allocation is too. `read_exact` fills the
+        // sized buffer; `read_to_end` would grow a full buffer (a realloc and copy of the whole
+        // piece) before it sees the end. A short body is `UnexpectedEof`.
         let mut body = if header[0] == TAG_PIECE {
-            crate::buffers::take(len as usize)
+            crate::buffers::take_filled(len as usize)
         } else {
-            Vec::with_capacity(len as usize)
+            vec![0; len as usize]
         };
-        // `read_exact` into a sized buffer: `read_to_end` would grow a full buffer (a realloc
-        // and copy of the whole piece) before it sees the end. A short body is `UnexpectedEof`.
-        body.resize(len as usize, 0);
         io.read_exact(&mut body).await?;
         if header[0] == TAG_PIECE {
             return Ok(transfer::Response::Piece(body));

@@ -780,6 +780,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// Fills every provider's window: rarest missing pieces first, then endgame duplicates.
     fn schedule(&mut self, id: DownloadId) {
+        let max_in_flight = self.config.max_in_flight;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
@@ -793,9 +794,18 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             return;
         };
         let file = *file;
-        for (peer, p) in providers.iter_mut().filter(|(_, p)| !p.dropped) {
+        let mut total: usize = providers.values().map(|p| p.in_flight.len()).sum();
+        // Fill the emptiest windows first so a cap on the total spreads over providers.
+        let mut order: Vec<(&PeerId, &mut Provider)> = providers
+            .iter_mut()
+            .filter(|(_, p)| !p.dropped && p.have.is_some())
+            .collect();
+        order.sort_by_key(|(_, p)| p.in_flight.len());
+        for (peer, p) in order {
             let Some(have) = &p.have else { continue };
-            let room = (p.window.floor() as usize).saturating_sub(p.in_flight.len());
+            let room = (p.window.floor() as usize)
+                .saturating_sub(p.in_flight.len())
+                .min(max_in_flight.saturating_sub(total));
             let timed_out = &p.timed_out;
             let mut picks = picker.pick(have, room, |x| timed_out.contains(&x));
             while picks.len() < room {
@@ -807,6 +817,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 };
                 picks.push(dup);
             }
+            total += picks.len();
             for piece in picks {
                 let request = transfer::Request::Piece {
                     id: file,
