@@ -1,11 +1,16 @@
 //! [`Client`]: the cloneable handle to a running node.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bitswarm_protocols::{
     tracker::{FileRecord, FileSummary, LookupKey, Stats},
-    FileId, FileName,
+    Collection, CollectionEntry, FileId, FileName, RelPath,
 };
+use futures::{stream, StreamExt, TryStreamExt};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -75,13 +80,38 @@ pub struct LocalStats {
     pub bad_pieces: u64,
 }
 
+/// What the event loop answers a get with: a file, or the collection an id turned out to name.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    File(Downloaded),
+    Collection(Arc<Collection>),
+}
+
+/// Files of a collection fetched at once.
+pub const COLLECTION_PARALLELISM: usize = 4;
+
+/// What to get and where.
+#[derive(Debug, Clone)]
+pub struct GetRequest {
+    /// The file or collection, by id or name.
+    pub key: LookupKey,
+    /// The directory to write into. A collection goes into `out_dir/<its name>/`.
+    pub out_dir: PathBuf,
+    /// For a collection: fetch only this file of it, into `out_dir`.
+    pub file: Option<RelPath>,
+}
+
 /// A download in progress: watch it, then wait for it.
 #[derive(Debug)]
 pub struct Download {
-    /// Keeps the node running while someone waits for the download.
-    _node: Client,
+    /// Keeps the node running while someone waits for the download, and fetches the entries
+    /// of a collection.
+    node: Client,
+    request: GetRequest,
+    started: Instant,
+    progress_tx: Arc<watch::Sender<Progress>>,
     progress: watch::Receiver<Progress>,
-    done: oneshot::Receiver<Result<Downloaded, GetError>>,
+    done: oneshot::Receiver<Result<Outcome, GetError>>,
 }
 
 impl Download {
@@ -90,18 +120,172 @@ impl Download {
         self.progress.clone()
     }
 
-    /// Waits for the download to finish.
+    /// Waits for the download to finish; for a collection, fetches its files
+    /// ([`COLLECTION_PARALLELISM`] at a time) and reports them together.
     ///
     /// # Errors
     /// The [`GetError`] that ended it, or [`Error::NodeStopped`].
     ///
     /// # Cancel safety
-    /// Dropping this future does not stop the download; it only stops waiting.
+    /// Dropping this future stops waiting; files of a collection not started yet are not
+    /// fetched, and a `.part` file resumes on the next get.
     pub async fn wait(self) -> Result<Downloaded, GetError> {
-        self.done
+        let outcome = self
+            .done
             .await
-            .map_err(|_| GetError::Node(Error::NodeStopped))?
+            .map_err(|_| GetError::Node(Error::NodeStopped))??;
+        match outcome {
+            Outcome::File(done) => Ok(done),
+            Outcome::Collection(c) => {
+                fetch_collection(self.node, c, self.request, self.progress_tx, self.started).await
+            }
+        }
     }
+
+    /// Waits for a single file; a collection here is an error (no nesting).
+    async fn wait_file(self) -> Result<Downloaded, GetError> {
+        match self
+            .done
+            .await
+            .map_err(|_| GetError::Node(Error::NodeStopped))??
+        {
+            Outcome::File(done) => Ok(done),
+            Outcome::Collection(c) => Err(GetError::NestedCollection(c.id())),
+        }
+    }
+}
+
+/// Fetches the files of `collection` (or the one `request.file` names).
+async fn fetch_collection(
+    node: Client,
+    collection: Arc<Collection>,
+    request: GetRequest,
+    progress: Arc<watch::Sender<Progress>>,
+    started: Instant,
+) -> Result<Downloaded, GetError> {
+    let (entries, root) = match &request.file {
+        Some(path) => {
+            let entry = collection
+                .find(path)
+                .cloned()
+                .ok_or_else(|| GetError::NoSuchEntry {
+                    id: collection.id(),
+                    path: path.to_string(),
+                })?;
+            (vec![entry], request.out_dir.clone())
+        }
+        None => (
+            collection.entries().to_vec(),
+            request.out_dir.join(collection.name().as_str()),
+        ),
+    };
+    let single = request.file.is_some();
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    progress.send_modify(|p| {
+        p.id = Some(collection.id());
+        p.total = total;
+    });
+    let fetched: Vec<Downloaded> = stream::iter(entries)
+        .map(|entry| {
+            let target = if single {
+                let last = entry
+                    .path
+                    .components()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned();
+                root.join(last)
+            } else {
+                entry.path.join_onto(&root)
+            };
+            let (node, progress) = (node.clone(), Arc::clone(&progress));
+            async move {
+                let done = fetch_entry(&node, &entry, target).await?;
+                progress.send_modify(|p| p.done += entry.size);
+                Ok::<_, GetError>(done)
+            }
+        })
+        .buffer_unordered(COLLECTION_PARALLELISM)
+        .try_collect()
+        .await?;
+    Ok(Downloaded {
+        id: collection.id(),
+        path: if single {
+            fetched.first().map(|d| d.path.clone()).unwrap_or(root)
+        } else {
+            root
+        },
+        size: total,
+        elapsed: started.elapsed(),
+        providers_used: fetched.iter().map(|d| d.providers_used).max().unwrap_or(0),
+        resumed: fetched.iter().map(|d| d.resumed).sum(),
+        fetched: fetched.iter().map(|d| d.fetched).sum(),
+    })
+}
+
+/// Fetches one entry of a collection to `target`. A file already there with the right hash (an
+/// earlier run got it) counts as resumed; one with other content is not overwritten.
+async fn fetch_entry(
+    node: &Client,
+    entry: &CollectionEntry,
+    target: PathBuf,
+) -> Result<Downloaded, GetError> {
+    let io_err = |path: &std::path::Path, source| GetError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = target
+        .parent()
+        .map(std::path::Path::to_owned)
+        .unwrap_or_default();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| io_err(&dir, e))?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| FileName::new(n).ok())
+        .ok_or_else(|| {
+            io_err(
+                &target,
+                std::io::Error::other("entry name is not a valid file name"),
+            )
+        })?;
+    if tokio::fs::try_exists(&target)
+        .await
+        .map_err(|e| io_err(&target, e))?
+    {
+        let path = target.clone();
+        let id = tokio::task::spawn_blocking(move || -> std::io::Result<FileId> {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(std::fs::File::open(&path)?)?;
+            Ok(hasher.finalize().into())
+        })
+        .await
+        .map_err(|e| io_err(&target, std::io::Error::other(e)))?
+        .map_err(|e| io_err(&target, e))?;
+        if id != entry.id {
+            return Err(io_err(
+                &target,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a different file exists"),
+            ));
+        }
+        return Ok(Downloaded {
+            id,
+            path: target,
+            size: entry.size,
+            elapsed: Duration::ZERO,
+            providers_used: 0,
+            resumed: entry.size,
+            fetched: 0,
+        });
+    }
+    let request = GetRequest {
+        key: LookupKey::Id(entry.id),
+        out_dir: dir,
+        file: None,
+    };
+    node.get_named(request, Some(name)).await?.wait_file().await
 }
 
 impl Client {
@@ -132,25 +316,47 @@ impl Client {
         Ok(self.call(|reply| Command::Share { path, reply }).await??)
     }
 
-    /// Starts downloading the file named by `key` into `out_dir`.
+    /// Starts downloading the file or collection named by `key` into `out_dir`.
     ///
     /// # Errors
     /// [`Error::NodeStopped`]; everything else comes from [`Download::wait`].
     pub async fn get(&self, key: LookupKey, out_dir: impl Into<PathBuf>) -> Result<Download> {
+        self.get_with(GetRequest {
+            key,
+            out_dir: out_dir.into(),
+            file: None,
+        })
+        .await
+    }
+
+    /// Starts a download described by `request`.
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`]; everything else comes from [`Download::wait`].
+    pub async fn get_with(&self, request: GetRequest) -> Result<Download> {
+        self.get_named(request, None).await
+    }
+
+    async fn get_named(&self, request: GetRequest, name: Option<FileName>) -> Result<Download> {
         let (progress, progress_rx) = watch::channel(Progress::default());
+        let progress = Arc::new(progress);
         let (reply, done) = oneshot::channel();
-        let out_dir = out_dir.into();
+        let command = Command::Get {
+            key: request.key.clone(),
+            out_dir: request.out_dir.clone(),
+            name,
+            progress: Arc::clone(&progress),
+            reply,
+        };
         self.commands
-            .send(Command::Get {
-                key,
-                out_dir,
-                progress,
-                reply,
-            })
+            .send(command)
             .await
             .map_err(|_| Error::NodeStopped)?;
         Ok(Download {
-            _node: self.clone(),
+            node: self.clone(),
+            request,
+            started: Instant::now(),
+            progress_tx: progress,
             progress: progress_rx,
             done,
         })

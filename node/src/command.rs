@@ -1,13 +1,16 @@
 //! [`Command`]s from a [`crate::Client`] to the [`crate::EventLoop`], each with a typed reply.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
-use bitswarm_protocols::tracker::{FileRecord, FileSummary, LookupKey, Stats};
+use bitswarm_protocols::{
+    tracker::{FileRecord, FileSummary, LookupKey, Stats},
+    FileName,
+};
 use libp2p::Multiaddr;
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    client::{Downloaded, LocalStats, Progress, SharedFile},
+    client::{LocalStats, Outcome, Progress, SharedFile},
     error::{GetError, Result, ShareError},
 };
 
@@ -19,12 +22,14 @@ pub(crate) enum Command {
         path: PathBuf,
         reply: oneshot::Sender<Result<SharedFile, ShareError>>,
     },
-    /// Download a file into `out_dir`.
+    /// Download a file (or learn that the id names a collection) into `out_dir`, under `name`
+    /// when given (collection entries), else under the name asked for or the manifest's.
     Get {
         key: LookupKey,
         out_dir: PathBuf,
-        progress: watch::Sender<Progress>,
-        reply: oneshot::Sender<Result<Downloaded, GetError>>,
+        name: Option<FileName>,
+        progress: Arc<watch::Sender<Progress>>,
+        reply: oneshot::Sender<Result<Outcome, GetError>>,
     },
     /// Ask the tracker who holds a file.
     Lookup {

@@ -66,6 +66,15 @@ pub enum ShareError {
         #[source]
         source: TypeError,
     },
+    /// A directory does not fit a collection.
+    #[error("cannot share directory {path}")]
+    Collection {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: bitswarm_protocols::CollectionError,
+    },
     /// The hashing task failed.
     #[error("hashing task failed")]
     Task,
@@ -93,6 +102,27 @@ pub enum GetError {
         file: FileId,
         /// How long it waited.
         waited: std::time::Duration,
+    },
+    /// The collection's bytes match its id but are not a valid collection (an unsafe path, a
+    /// duplicate, ...): whoever made it is hostile, and nothing was written.
+    #[error("collection {id} is invalid")]
+    InvalidCollection {
+        /// The collection id.
+        id: FileId,
+        /// What is wrong with it.
+        #[source]
+        source: bitswarm_protocols::CollectionError,
+    },
+    /// An entry of a collection is itself a collection: not supported.
+    #[error("{0} is a collection inside a collection")]
+    NestedCollection(FileId),
+    /// `--file` names no entry of the collection.
+    #[error("collection {id} has no file {path}")]
+    NoSuchEntry {
+        /// The collection id.
+        id: FileId,
+        /// The path asked for.
+        path: String,
     },
     /// This node already holds or is downloading the file.
     #[error("this node already holds or is downloading {0}")]

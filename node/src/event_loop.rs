@@ -17,7 +17,7 @@ use std::{
 
 use bitswarm_protocols::{
     tracker::{self, Announce, AnnouncedFile, FileRecord, FileSummary, Reply, Stats},
-    Manifest,
+    Collection, FileName, Manifest,
 };
 use futures::StreamExt;
 use libp2p::{
@@ -62,11 +62,25 @@ pub(crate) struct Held {
 pub(crate) enum TaskOutput {
     Hashed {
         path: PathBuf,
-        result: Result<(Manifest, File), ShareError>,
+        result: Result<Hashed, ShareError>,
         reply: oneshot::Sender<Result<SharedFile, ShareError>>,
     },
     PieceRead(ReadDone),
     Download(crate::downloader::TaskDone),
+}
+
+/// What hashing a shared path produced.
+pub(crate) enum Hashed {
+    File(Manifest, File),
+    Dir(Collection, Vec<(Manifest, File)>),
+}
+
+/// A directory this node shares: its collection's canonical encoding, served by id.
+#[derive(Debug)]
+pub(crate) struct HeldCollection {
+    pub(crate) name: FileName,
+    pub(crate) size: u64,
+    pub(crate) encoded: Arc<Vec<u8>>,
 }
 
 /// Who waits for a tracker reply.
@@ -104,6 +118,7 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     pub(crate) held: HashMap<bitswarm_protocols::FileId, Held>,
+    pub(crate) collections: HashMap<bitswarm_protocols::FileId, HeldCollection>,
     pub(crate) downloads: HashMap<DownloadId, Download>,
     pub(crate) next_download: u64,
     pub(crate) transfer_pending: HashMap<OutboundRequestId, TransferRequest>,
@@ -132,6 +147,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
             held: HashMap::new(),
+            collections: HashMap::new(),
             downloads: HashMap::new(),
             next_download: 0,
             transfer_pending: HashMap::new(),
@@ -197,7 +213,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Command::Share { path, reply } => {
                 let p = path.clone();
                 self.tasks.spawn_blocking(move || {
-                    let result = store::hash_file(&p);
+                    let result = if p.is_dir() {
+                        store::hash_dir(&p).map(|(c, files)| Hashed::Dir(c, files))
+                    } else {
+                        store::hash_file(&p).map(|(m, f)| Hashed::File(m, f))
+                    };
                     TaskOutput::Hashed {
                         path: p,
                         result,
@@ -209,9 +229,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Command::Get {
                 key,
                 out_dir,
+                name,
                 progress,
                 reply,
-            } => self.start_download(key, out_dir, progress, reply),
+            } => self.start_download(key, out_dir, name, progress, reply),
             Command::Lookup { key, reply } => {
                 let limit = u32::MAX;
                 self.tracker_request(
@@ -252,12 +273,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 result,
                 reply,
             } => {
-                let answer = result.map(|(manifest, file)| {
-                    let shared = SharedFile { id: manifest.id(), name: manifest.name().clone(), size: manifest.lengths().size() };
-                    info!(file = %shared.id, name = %shared.name, size = shared.size, path = %path.display(), "sharing");
-                    self.held.insert(shared.id, Held { manifest: Arc::new(manifest), file: Arc::new(file), download: None });
-                    self.emit(Event::Shared { file: shared.clone() });
-                    shared
+                let answer = result.map(|hashed| match hashed {
+                    Hashed::File(manifest, file) => self.hold_shared(manifest, file),
+                    Hashed::Dir(collection, files) => {
+                        for (manifest, file) in files {
+                            self.hold_shared(manifest, file);
+                        }
+                        let shared = SharedFile {
+                            id: collection.id(),
+                            name: collection.name().clone(),
+                            size: collection.total_size(),
+                        };
+                        info!(collection = %shared.id, name = %shared.name, files = collection.entries().len(), path = %path.display(), "sharing directory");
+                        self.collections.insert(
+                            shared.id,
+                            HeldCollection { name: shared.name.clone(), size: shared.size, encoded: Arc::new(collection.encode()) },
+                        );
+                        self.emit(Event::Shared { file: shared.clone() });
+                        shared
+                    }
                 });
                 if answer.is_ok() {
                     self.announce();
@@ -267,6 +301,27 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             TaskOutput::PieceRead(done) => self.on_piece_read(done),
             TaskOutput::Download(done) => self.on_download_task(done),
         }
+    }
+
+    fn hold_shared(&mut self, manifest: Manifest, file: File) -> SharedFile {
+        let shared = SharedFile {
+            id: manifest.id(),
+            name: manifest.name().clone(),
+            size: manifest.lengths().size(),
+        };
+        info!(file = %shared.id, name = %shared.name, size = shared.size, "sharing");
+        self.held.insert(
+            shared.id,
+            Held {
+                manifest: Arc::new(manifest),
+                file: Arc::new(file),
+                download: None,
+            },
+        );
+        self.emit(Event::Shared {
+            file: shared.clone(),
+        });
+        shared
     }
 
     fn handle_housekeeping(&mut self) {
@@ -431,18 +486,21 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if self.tracker_addr.is_none() {
             return;
         }
-        let files = self
-            .held
-            .values()
-            .take(tracker::MAX_ANNOUNCE_FILES)
-            .map(|h| AnnouncedFile {
+        let collections = self.collections.iter().map(|(id, c)| AnnouncedFile {
+            id: *id,
+            name: c.name.clone(),
+            size: c.size,
+            complete: true,
+        });
+        let files: Vec<AnnouncedFile> = collections
+            .chain(self.held.values().map(|h| AnnouncedFile {
                 id: h.manifest.id(),
                 name: h.manifest.name().clone(),
                 size: h.manifest.lengths().size(),
                 complete: h.download.is_none(),
-            })
+            }))
             .collect();
-        let addrs = self
+        let addrs: Vec<Multiaddr> = self
             .listen_addrs
             .iter()
             .chain(self.swarm.external_addresses())
@@ -450,10 +508,24 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             .cloned()
             .collect();
         self.next_announce = Some(Instant::now() + self.announce_interval);
-        self.tracker_request(
-            tracker::Request::Announce(Announce { files, addrs }),
-            TrackerWaiter::Announce,
-        );
+        // Announces are additive at the tracker, so a large share goes in several.
+        let mut chunks: Vec<Vec<AnnouncedFile>> = files
+            .chunks(tracker::MAX_ANNOUNCE_FILES)
+            .map(<[_]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        for files in chunks {
+            let announce = Announce {
+                files,
+                addrs: addrs.clone(),
+            };
+            self.tracker_request(
+                tracker::Request::Announce(announce),
+                TrackerWaiter::Announce,
+            );
+        }
     }
 
     fn handle_tracker_event(

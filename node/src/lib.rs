@@ -50,7 +50,10 @@ use tokio::sync::mpsc;
 
 pub use crate::{
     behaviour::{Behaviour, IDENTIFY_PROTOCOL},
-    client::{Client, Download, Downloaded, LocalStats, Progress, SharedFile},
+    client::{
+        Client, Download, Downloaded, GetRequest, LocalStats, Progress, SharedFile,
+        COLLECTION_PARALLELISM,
+    },
     config::*,
     error::{Error, GetError, Result, ShareError},
     event_loop::EventLoop,

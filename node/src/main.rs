@@ -4,11 +4,12 @@ use std::{
     io::{IsTerminal, Write},
     path::PathBuf,
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
-use bitswarm_node::{identity, Client, Config, Downloaded};
-use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName};
+use bitswarm_node::{identity, Client, Config, Downloaded, GetRequest};
+use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName, RelPath};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
@@ -17,6 +18,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Tracker used when none is given (the tracker's default port on this machine).
 const DEFAULT_TRACKER: &str = "127.0.0.1:7000";
+/// Provider wait of commands that do not download.
+const DEFAULT_WAIT: Duration = bitswarm_node::DEFAULT_PROVIDER_WAIT;
 /// Listen address used when none is given: every interface, a free port.
 const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
 
@@ -75,9 +78,19 @@ enum Cmd {
         /// Listen address (the prototype's positional form).
         #[arg(id = "listen_pos", value_name = "LISTEN")]
         listen: Option<String>,
-        /// Directory to write into.
+        /// Directory to write into (a shared directory lands in DIR/<its name>/).
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
+        /// For a shared directory: get only this file of it (its path inside the directory).
+        #[arg(long, value_name = "PATH")]
+        file: Option<String>,
+        /// Keep serving the file after it completes, until Ctrl-C.
+        #[arg(long)]
+        seed: bool,
+        /// Seconds to wait for a provider to send data (all gone, or none reachable) before
+        /// giving up; the .part file is kept for the next run.
+        #[arg(long, value_name = "SECS", default_value_t = bitswarm_node::DEFAULT_PROVIDER_WAIT.as_secs())]
+        wait: u64,
     },
     /// Search the tracker's index by name.
     Search {
@@ -138,6 +151,7 @@ async fn start(
     tracker: Option<&str>,
     listen: Option<&str>,
     announce_presence: bool,
+    provider_wait: Duration,
 ) -> anyhow::Result<(
     Client,
     CancellationToken,
@@ -166,6 +180,7 @@ async fn start(
         listen_addrs: listen,
         tracker: Some(tracker),
         announce_presence,
+        provider_wait,
         cancel: cancel.clone(),
         ..Config::default()
     };
@@ -193,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
         } => {
             let (client, cancel, task, _slot) =
-                start(g, tracker.as_deref(), listen.as_deref(), true).await?;
+                start(g, tracker.as_deref(), listen.as_deref(), true, DEFAULT_WAIT).await?;
             let shared = client
                 .share(path.clone())
                 .await
@@ -224,14 +239,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracker,
             listen,
             output,
+            file,
+            seed,
+            wait,
         } => {
             if !output.is_dir() {
                 bail!("output directory {} does not exist", output.display());
             }
             let key = parse_target(target)?;
+            let file = file.as_deref().map(RelPath::new).transpose()?;
+            let wait = Duration::from_secs(*wait);
             let (client, cancel, task, _slot) =
-                start(g, tracker.as_deref(), listen.as_deref(), true).await?;
-            let download = client.get(key, output.clone()).await?;
+                start(g, tracker.as_deref(), listen.as_deref(), true, wait).await?;
+            let request = GetRequest {
+                key,
+                out_dir: output.clone(),
+                file,
+            };
+            let download = client.get_with(request).await?;
             let bar = progress_bar(download.progress(), g.json);
             let result = tokio::select! {
                 r = download.wait() => r,
@@ -244,12 +269,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bar.abort();
             let done = result?;
             print_downloaded(&done, g.json)?;
+            if *seed {
+                println!("seeding until Ctrl-C");
+                ctrl_c().await;
+            }
             cancel.cancel();
             let _ = task.await;
             Ok(())
         }
         Cmd::Search { query, tracker } => {
-            let (client, ..) = start(g, tracker.as_deref(), None, false).await?;
+            let (client, ..) = start(g, tracker.as_deref(), None, false, DEFAULT_WAIT).await?;
             let found = client.search(query.clone()).await?;
             if g.json {
                 let rows: Vec<_> = found
@@ -271,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { tracker } => {
-            let (client, ..) = start(g, tracker.as_deref(), None, false).await?;
+            let (client, ..) = start(g, tracker.as_deref(), None, false, DEFAULT_WAIT).await?;
             let stats = client.stats().await?;
             if g.json {
                 println!(

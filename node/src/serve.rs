@@ -81,9 +81,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         self.on_interested_peer(peer, id);
         let (id, index) = match request {
             transfer::Request::Manifest { id } => {
-                let response = match self.held.get(&id) {
-                    Some(held) => transfer::Response::Manifest(held.manifest.to_wire()),
-                    None => transfer::Response::Error(ErrorCode::NotFound),
+                let response = match (self.held.get(&id), self.collections.get(&id)) {
+                    (Some(held), _) => transfer::Response::Manifest(held.manifest.to_wire()),
+                    (None, Some(c)) => transfer::Response::Collection(c.encoded.as_ref().clone()),
+                    (None, None) => transfer::Response::Error(ErrorCode::NotFound),
                 };
                 debug!(%peer, file = %id, "manifest requested");
                 return self.respond(channel, response);

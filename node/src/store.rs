@@ -12,7 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bitswarm_protocols::{buffers, FileId, FileName, Lengths, Manifest, PieceHasher, PieceIndex};
+use bitswarm_protocols::{
+    buffers, collection::MAX_COLLECTION_ENTRIES, Collection, CollectionEntry, CollectionError,
+    FileId, FileName, Lengths, Manifest, PieceHasher, PieceIndex, RelPath,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +59,80 @@ pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
         source: io::Error::other("piece count"),
     })?;
     Ok((manifest, file))
+}
+
+/// Hashes every regular file under `dir` and builds the [`Collection`] of the directory.
+/// Symbolic links and special files are skipped (a link could point outside the directory).
+///
+/// # Errors
+/// [`ShareError`] when a file cannot be read, or the tree does not fit a collection (too many
+/// files, a name that is not a safe relative path).
+pub(crate) fn hash_dir(dir: &Path) -> Result<(Collection, Vec<(Manifest, File)>), ShareError> {
+    let io_err = |path: &Path, source| ShareError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let name = dir
+        .canonicalize()
+        .map_err(|e| io_err(dir, e))?
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ShareError::NotAFile(dir.to_owned()))
+        .and_then(|n| {
+            FileName::new(n).map_err(|source| ShareError::Invalid {
+                path: dir.to_owned(),
+                source,
+            })
+        })?;
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        let mut children: Vec<_> = fs::read_dir(&current)
+            .map_err(|e| io_err(&current, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| io_err(&current, e))?;
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let path = child.path();
+            let kind = child.file_type().map_err(|e| io_err(&path, e))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                files.push(path);
+                if files.len() > MAX_COLLECTION_ENTRIES {
+                    return Err(ShareError::Collection {
+                        path: dir.to_owned(),
+                        source: CollectionError::TooMany(files.len()),
+                    });
+                }
+            } else {
+                tracing::warn!(path = %path.display(), "skipping a link or special file");
+            }
+        }
+    }
+    let mut entries = Vec::with_capacity(files.len());
+    let mut held = Vec::with_capacity(files.len());
+    for path in files {
+        let relative = path
+            .strip_prefix(dir)
+            .map_err(|_| ShareError::NotAFile(path.clone()))?;
+        let rel = RelPath::try_from(relative).map_err(|source| ShareError::Collection {
+            path: path.clone(),
+            source,
+        })?;
+        let (manifest, file) = hash_file(&path)?;
+        entries.push(CollectionEntry {
+            path: rel,
+            size: manifest.lengths().size(),
+            id: manifest.id(),
+        });
+        held.push((manifest, file));
+    }
+    let collection = Collection::new(name, entries).map_err(|source| ShareError::Collection {
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok((collection, held))
 }
 
 /// Reads one piece at its offset.

@@ -12,7 +12,10 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use crate::{tracker, transfer, ErrorCode, WireManifest, MAX_PIECES, MAX_PIECE_SIZE};
+use crate::{
+    collection::MAX_COLLECTION_BYTES, tracker, transfer, ErrorCode, WireManifest, MAX_PIECES,
+    MAX_PIECE_SIZE,
+};
 
 /// Largest tracker request: an announce of [`tracker::MAX_ANNOUNCE_FILES`] files with long names
 /// fits.
@@ -21,9 +24,17 @@ pub const MAX_TRACKER_REQUEST: u64 = 512 * 1024;
 pub const MAX_TRACKER_RESPONSE: u64 = 4 * 1024 * 1024;
 /// Largest transfer request (they are a few dozen bytes).
 pub const MAX_TRANSFER_REQUEST: u64 = 1024;
-/// Largest control response (manifest, have, error): a manifest of [`MAX_PIECES`] values plus
-/// its name and header fits.
-pub const MAX_CONTROL_RESPONSE: u64 = MAX_PIECES as u64 * 32 + 4096;
+/// Largest control response (manifest, have, collection, error): a manifest of [`MAX_PIECES`]
+/// values, or a collection of [`MAX_COLLECTION_BYTES`], plus a header fits.
+pub const MAX_CONTROL_RESPONSE: u64 = {
+    let manifest = MAX_PIECES as u64 * 32;
+    let collection = MAX_COLLECTION_BYTES as u64;
+    (if manifest > collection {
+        manifest
+    } else {
+        collection
+    }) + 4096
+};
 /// Largest piece response body.
 pub const MAX_PIECE_RESPONSE: u64 = MAX_PIECE_SIZE as u64;
 
@@ -46,6 +57,7 @@ enum Control {
     Manifest(WireManifest),
     Have(#[serde(with = "serde_bytes")] Vec<u8>),
     Error(ErrorCode),
+    Collection(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// The transfer protocol's codec (see the module docs for the frame layout).
@@ -138,6 +150,7 @@ impl request_response::Codec for TransferCodec {
             Control::Manifest(m) => transfer::Response::Manifest(m),
             Control::Have(bits) => transfer::Response::Have(bits),
             Control::Error(code) => transfer::Response::Error(code),
+            Control::Collection(bytes) => transfer::Response::Collection(bytes),
         })
     }
 
@@ -172,6 +185,7 @@ impl request_response::Codec for TransferCodec {
             transfer::Response::Manifest(m) => Control::Manifest(m),
             transfer::Response::Have(bits) => Control::Have(bits),
             transfer::Response::Error(code) => Control::Error(code),
+            transfer::Response::Collection(bytes) => Control::Collection(bytes),
         };
         write_frame(io, TAG_CONTROL, &encode(&control)?).await
     }
@@ -212,6 +226,7 @@ mod tests {
             transfer::Response::Manifest(manifest),
             transfer::Response::Have(vec![0b1010_0000]),
             transfer::Response::Error(ErrorCode::NotFound),
+            transfer::Response::Collection(vec![1, 2, 3]),
         ] {
             assert_eq!(roundtrip(res.clone()).unwrap(), res);
         }

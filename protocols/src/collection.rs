@@ -302,12 +302,20 @@ struct WireRef<'a> {
     entries: &'a [CollectionEntry],
 }
 
-/// A collection as it is decoded (the same layout as [`WireRef`]).
-#[derive(Serialize, Deserialize)]
-struct Wire {
+/// A decoded collection whose paths are not checked yet (the same layout as [`WireRef`]).
+#[derive(Deserialize)]
+struct UncheckedWire {
+    #[allow(dead_code)]
     v: u64,
     name: FileName,
-    entries: Vec<CollectionEntry>,
+    entries: Vec<UncheckedEntry>,
+}
+
+#[derive(Deserialize)]
+struct UncheckedEntry {
+    path: String,
+    size: u64,
+    id: FileId,
 }
 
 /// Just the version of an encoding, read before the rest so that a future layout is reported as
@@ -384,12 +392,25 @@ impl Collection {
         if version.v != VERSION {
             return Err(CollectionError::UnsupportedVersion(version.v));
         }
-        let wire: Wire =
+        let wire: UncheckedWire =
             cbor4ii::serde::from_slice(bytes).map_err(|_| CollectionError::Malformed)?;
-        if !wire.entries.is_sorted_by(|a, b| a.path <= b.path) {
+        // Paths are read as plain strings and checked here, so a hostile path is reported as
+        // what it is (`InvalidPath` naming it) rather than as a malformed encoding.
+        let entries = wire
+            .entries
+            .into_iter()
+            .map(|e| {
+                Ok(CollectionEntry {
+                    path: RelPath::new(e.path)?,
+                    size: e.size,
+                    id: e.id,
+                })
+            })
+            .collect::<Result<Vec<_>, CollectionError>>()?;
+        if !entries.is_sorted_by(|a, b| a.path <= b.path) {
             return Err(CollectionError::Malformed);
         }
-        let collection = Collection::new(wire.name, wire.entries)?;
+        let collection = Collection::new(wire.name, entries)?;
         if collection.bytes != bytes {
             return Err(CollectionError::Malformed);
         }
@@ -845,9 +866,11 @@ mod tests {
     #[test]
     fn given_hostile_path_in_encoding_then_refused() {
         for bad in ["../x", "/etc/passwd", "a\\b", "nul"] {
-            assert_eq!(
-                decode_honest_id(&raw(1, &[bad])),
-                Err(CollectionError::Malformed),
+            assert!(
+                matches!(
+                    decode_honest_id(&raw(1, &[bad])),
+                    Err(CollectionError::InvalidPath { ref path, .. }) if path == bad
+                ),
                 "{bad:?}"
             );
         }

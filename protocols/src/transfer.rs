@@ -7,7 +7,7 @@ use crate::{ErrorCode, FileId, WireManifest};
 /// A request to a peer that holds a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// The file's manifest.
+    /// The file's manifest (or, for a shared directory, its collection).
     Manifest {
         /// The file.
         id: FileId,
@@ -35,6 +35,9 @@ pub enum Response {
     Have(Vec<u8>),
     /// A piece's bytes, still to be verified against the manifest. Sent raw on the wire.
     Piece(Vec<u8>),
+    /// The id asked for with [`Request::Manifest`] names a shared directory: its canonical
+    /// encoding, still to be checked with [`crate::Collection::decode`].
+    Collection(Vec<u8>),
     /// The request failed.
     Error(ErrorCode),
 }

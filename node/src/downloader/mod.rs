@@ -31,7 +31,8 @@ use std::{
 pub(crate) use bitfield::Bitfield;
 use bitswarm_protocols::{
     tracker::{self, FileRecord, LookupKey},
-    transfer, ErrorCode, FileId, Manifest, PieceIndex, WireManifest,
+    transfer, Collection, CollectionError, ErrorCode, FileId, FileName, Manifest, PieceIndex,
+    WireManifest,
 };
 use libp2p::{
     request_response::{OutboundFailure, OutboundRequestId},
@@ -43,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use self::picker::PiecePicker;
 use crate::{
-    client::{Downloaded, Progress},
+    client::{Downloaded, Outcome, Progress},
     error::GetError,
     event_loop::{Held, TaskOutput, TrackerWaiter},
     store::{self, Opened, StoreError},
@@ -107,8 +108,10 @@ pub(crate) enum TaskDone {
 pub(crate) struct Download {
     key: LookupKey,
     out_dir: PathBuf,
-    progress: watch::Sender<Progress>,
-    reply: Option<oneshot::Sender<Result<Downloaded, GetError>>>,
+    /// The name to write the file under, when the caller fixes it (collection entries).
+    name: Option<FileName>,
+    progress: Arc<watch::Sender<Progress>>,
+    reply: Option<oneshot::Sender<Result<Outcome, GetError>>>,
     started: Instant,
     /// Known after the first lookup.
     file: Option<FileId>,
@@ -195,8 +198,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         &mut self,
         key: LookupKey,
         out_dir: PathBuf,
-        progress: watch::Sender<Progress>,
-        reply: oneshot::Sender<Result<Downloaded, GetError>>,
+        name: Option<FileName>,
+        progress: Arc<watch::Sender<Progress>>,
+        reply: oneshot::Sender<Result<Outcome, GetError>>,
     ) {
         let id = DownloadId(self.next_download);
         self.next_download += 1;
@@ -205,6 +209,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let download = Download {
             key: key.clone(),
             out_dir,
+            name,
             progress,
             reply: Some(reply),
             started: now,
@@ -268,11 +273,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 return self.fail_download(id, GetError::Ambiguous { name, ids });
             }
         };
-        let busy = self.held.contains_key(&record.id)
-            || self
-                .downloads
-                .iter()
-                .any(|(other, d)| *other != id && d.file == Some(record.id));
+        // A file this node already holds complete may be fetched again elsewhere; two downloads
+        // of one file at once may not.
+        let busy = self
+            .downloads
+            .iter()
+            .any(|(other, d)| *other != id && d.file == Some(record.id));
         if busy {
             return self.fail_download(id, GetError::Busy(record.id));
         }
@@ -433,6 +439,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             (Want::Manifest, transfer::Response::Manifest(wire)) => {
                 self.on_manifest(id, peer, wire)
             }
+            (Want::Manifest, transfer::Response::Collection(bytes)) => {
+                self.on_collection(id, peer, &bytes)
+            }
             (Want::Have, transfer::Response::Have(bits)) => self.on_have(id, peer, bits),
             (Want::Piece(piece), transfer::Response::Piece(bytes)) => {
                 self.on_piece(id, peer, piece, bytes)
@@ -557,9 +566,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Ok(m) => Arc::new(m),
             Err(e) => return self.on_request_failed(id, peer, Want::Manifest, Failure::Fatal, &e),
         };
-        let name = match &dl.key {
-            LookupKey::Name(n) => n.clone(),
-            LookupKey::Id(_) => manifest.name().clone(),
+        let name = match (&dl.name, &dl.key) {
+            (Some(n), _) | (None, LookupKey::Name(n)) => n.clone(),
+            (None, LookupKey::Id(_)) => manifest.name().clone(),
         };
         let (path, part) = store::download_paths(&dl.out_dir, &name);
         dl.paths = Some((path.clone(), part.clone()));
@@ -576,6 +585,33 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 result,
             })
         });
+    }
+
+    /// The id names a shared directory. Bytes that do not hash to the id are the provider's
+    /// lie; bytes that do but are no valid collection are the collection's own fault, and no
+    /// other provider can give different bytes for that id, so the download fails at once.
+    fn on_collection(&mut self, id: DownloadId, peer: PeerId, bytes: &[u8]) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        dl.manifest_pending = false;
+        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
+            return;
+        };
+        match Collection::decode(bytes, file) {
+            Err(e @ CollectionError::IdMismatch { .. }) => {
+                self.on_request_failed(id, peer, Want::Manifest, Failure::Fatal, &e)
+            }
+            Err(source) => self.fail_download(id, GetError::InvalidCollection { id: file, source }),
+            Ok(collection) => {
+                info!(collection = %file, files = collection.entries().len(), "collection verified");
+                if let Some(mut dl) = self.downloads.remove(&id) {
+                    if let Some(reply) = dl.reply.take() {
+                        let _ = reply.send(Ok(Outcome::Collection(Arc::new(collection))));
+                    }
+                }
+            }
+        }
     }
 
     fn on_have(&mut self, id: DownloadId, peer: PeerId, bits: Vec<u8>) {
@@ -716,14 +752,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         dl.progress.send_modify(|p| p.done = resumed);
         dl.last_progress = Instant::now();
         let complete = picker.is_complete();
-        self.held.insert(
-            manifest.id(),
-            Held {
-                manifest: Arc::clone(&manifest),
-                file: Arc::clone(&file),
-                download: Some(id),
-            },
-        );
+        // A complete copy this node already serves keeps serving; otherwise serve what arrives.
+        self.held.entry(manifest.id()).or_insert_with(|| Held {
+            manifest: Arc::clone(&manifest),
+            file: Arc::clone(&file),
+            download: Some(id),
+        });
         dl.phase = Phase::Transfer {
             manifest,
             file,
@@ -951,7 +985,6 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         let size = *size;
         if let Err(source) = result {
-            self.held.remove(&file);
             self.downloads.insert(id, dl);
             return self.fail_download(id, GetError::Io { path: part, source });
         }
@@ -971,7 +1004,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         info!(%file, path = %path.display(), size, elapsed = ?done.elapsed, providers_used, resumed = dl.resumed, "download complete");
         self.emit(Event::Downloaded { file, path });
         if let Some(reply) = dl.reply.take() {
-            let _ = reply.send(Ok(done));
+            let _ = reply.send(Ok(Outcome::File(done)));
         }
         self.announce();
     }
