@@ -83,9 +83,14 @@ pub(crate) struct HeldCollection {
     pub(crate) encoded: Arc<Vec<u8>>,
 }
 
+/// A share's answer, held until its announce is acknowledged.
+pub(crate) type ShareReply = (SharedFile, oneshot::Sender<Result<SharedFile, ShareError>>);
+
 /// Who waits for a tracker reply.
 pub(crate) enum TrackerWaiter {
-    Announce,
+    /// An announce; a share waiting for it is answered when it is acknowledged (or fails: the
+    /// file is served either way and the next announce retries).
+    Announce(Option<ShareReply>),
     Lookup(oneshot::Sender<Result<Vec<FileRecord>>>),
     Search(oneshot::Sender<Result<Vec<FileSummary>>>),
     Stats(oneshot::Sender<Result<Stats>>),
@@ -293,10 +298,14 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                         shared
                     }
                 });
-                if answer.is_ok() {
-                    self.announce();
+                match answer {
+                    // Answered once the tracker has the announce, so a get right after a
+                    // share finds the file.
+                    Ok(shared) if self.tracker_addr.is_some() => {
+                        self.announce_then(Some((shared, reply)))
+                    }
+                    answer => drop(reply.send(answer)),
                 }
-                let _ = reply.send(answer);
             }
             TaskOutput::PieceRead(done) => self.on_piece_read(done),
             TaskOutput::Download(done) => self.on_download_task(done),
@@ -472,7 +481,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     fn fail_tracker_waiter(&mut self, waiter: TrackerWaiter, error: Error) {
         match waiter {
-            TrackerWaiter::Announce => debug!(%error, "announce failed"),
+            TrackerWaiter::Announce(share) => {
+                warn!(%error, "announce failed; retrying at the next interval");
+                if let Some((shared, reply)) = share {
+                    let _ = reply.send(Ok(shared));
+                }
+            }
             TrackerWaiter::Lookup(tx) => drop(tx.send(Err(error))),
             TrackerWaiter::Search(tx) => drop(tx.send(Err(error))),
             TrackerWaiter::Stats(tx) => drop(tx.send(Err(error))),
@@ -483,6 +497,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// Tells the tracker which files this node serves (complete, or partly during a download) and where to reach it.
     pub(crate) fn announce(&mut self) {
+        self.announce_then(None);
+    }
+
+    /// [`EventLoop::announce`], answering `share` once the tracker acknowledged the last part.
+    fn announce_then(&mut self, mut share: Option<ShareReply>) {
         if self.tracker_addr.is_none() {
             return;
         }
@@ -516,15 +535,14 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
-        for files in chunks {
+        let last = chunks.len() - 1;
+        for (i, files) in chunks.into_iter().enumerate() {
             let announce = Announce {
                 files,
                 addrs: addrs.clone(),
             };
-            self.tracker_request(
-                tracker::Request::Announce(announce),
-                TrackerWaiter::Announce,
-            );
+            let waiter = TrackerWaiter::Announce(if i == last { share.take() } else { None });
+            self.tracker_request(tracker::Request::Announce(announce), waiter);
         }
     }
 
@@ -562,7 +580,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Err(code) => return self.fail_tracker_waiter(waiter, Error::Tracker(code)),
         };
         match (waiter, reply) {
-            (TrackerWaiter::Announce, Reply::Announced { interval_secs, .. }) => {
+            (TrackerWaiter::Announce(share), Reply::Announced { interval_secs, .. }) => {
+                if let Some((shared, reply)) = share {
+                    let _ = reply.send(Ok(shared));
+                }
                 let (lo, hi) = ANNOUNCE_INTERVAL_RANGE;
                 self.announce_interval =
                     Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));

@@ -9,7 +9,7 @@ use bitswarm_protocols::{
     tracker_codec, transfer, FileId, FileName, RelPath, TransferCodec, TRACKER_PROTOCOL,
     TRANSFER_PROTOCOL,
 };
-use bitswarm_tests::{init_tracing, make_file, wait_until, TestNode, TestTracker, TEST_TIMEOUT};
+use bitswarm_tests::{init_tracing, make_file, TestNode, TestTracker, TEST_TIMEOUT};
 use futures::StreamExt;
 use libp2p::{
     noise, request_response,
