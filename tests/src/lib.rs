@@ -168,14 +168,14 @@ impl TestNode {
 /// Writes `len` pseudo-random bytes (deterministic for `seed`) to `dir/name`.
 pub fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> anyhow::Result<PathBuf> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    bytes.truncate(len);
     let path = dir.join(name);
     std::fs::write(&path, bytes)?;
     Ok(path)

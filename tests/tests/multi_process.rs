@@ -150,3 +150,80 @@ fn tracker_refuses_a_bad_listen_address() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&output.stderr).contains("bad address"));
     Ok(())
 }
+
+#[test]
+fn a_get_killed_with_sigkill_resumes_without_fetching_verified_pieces_again() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let home = dir.path();
+    let (_tracker, tracker_addr) = tracker(home)?;
+    let size = 256 * 1024 * 1024 + 5;
+    let file = make_file(home, "disk.img", size, 77)?;
+    let mut share = Command::new(bin("bitswarm")?);
+    share
+        .arg("share")
+        .arg(&file)
+        .args([&tracker_addr, "127.0.0.1:0", "--ephemeral"]);
+    let mut seeder = Proc::spawn(share, home)?;
+    seeder.wait_line("sharing ", STEP)?;
+
+    let out = home.join("out");
+    std::fs::create_dir_all(&out)?;
+    let get = || -> anyhow::Result<Command> {
+        let mut get = Command::new(bin("bitswarm")?);
+        get.args([
+            "get",
+            "disk.img",
+            &tracker_addr,
+            "127.0.0.1:0",
+            "--json",
+            "--ephemeral",
+            "-o",
+        ])
+        .arg(&out);
+        Ok(get)
+    };
+    let record = out.join("disk.img.part.resume");
+    let mut first = Proc::spawn(get()?, home)?;
+    let deadline = std::time::Instant::now() + STEP;
+    while !record.exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no resume record appeared"
+        );
+        anyhow::ensure!(
+            !out.join("disk.img").exists(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill(); // SIGKILL: no cleanup, no final record write
+    assert!(!out.join("disk.img").exists(), "killed mid-transfer");
+
+    let output = run_with_timeout(get()?, home, STEP)?;
+    assert!(
+        output.status.success(),
+        "resumed get failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let (resumed, fetched) = (
+        json["resumed"].as_u64().unwrap_or(0),
+        json["fetched"].as_u64().unwrap_or(0),
+    );
+    assert!(resumed > 0, "pieces from the killed run were kept: {json}");
+    assert_eq!(
+        resumed + fetched,
+        size as u64,
+        "no verified piece fetched twice: {json}"
+    );
+    assert_eq!(
+        FileId::of(&std::fs::read(out.join("disk.img"))?),
+        FileId::of(&std::fs::read(&file)?)
+    );
+    assert!(
+        !record.exists() && !out.join("disk.img.part").exists(),
+        "leftovers removed"
+    );
+    Ok(())
+}
