@@ -9,7 +9,8 @@
 //!
 //! The parent runs the tracker and re-runs this binary as `seed` and `leech` children; each
 //! child reports `/proc/self` CPU seconds and peak RSS when the parent asks (after every
-//! leecher is done, so leechers keep serving each other until the end).
+//! leecher is done, so leechers keep serving each other until the end). A seeder's CPU figure
+//! leaves out hashing its file before the transfer.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -85,14 +86,15 @@ fn node_config(tracker: &str, window: usize) -> anyhow::Result<Config> {
     })
 }
 
-/// Waits for `report` on stdin, then prints `usage CPU_SECS PEAK_RSS_MIB UPLOADED`.
-async fn report_when_asked(client: &bitswarm_node::Client) -> anyhow::Result<()> {
+/// Waits for `report` on stdin, then prints `usage CPU_SECS PEAK_RSS_MIB UPLOADED`, with the
+/// CPU seconds spent before `base_cpu` (hashing the shared file) left out.
+async fn report_when_asked(client: &bitswarm_node::Client, base_cpu: f64) -> anyhow::Result<()> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line == "report" {
             let stats = client.local_stats().await?;
             let u = usage()?;
-            println!("usage {} {} {}", u.cpu_secs, u.peak_rss_mib, stats.uploaded);
+            println!("usage {} {} {}", u.cpu_secs - base_cpu, u.peak_rss_mib, stats.uploaded);
             return Ok(());
         }
     }
@@ -104,8 +106,9 @@ async fn seed(tracker: &str, file: PathBuf) -> anyhow::Result<()> {
         bitswarm_node::new(node_config(tracker, bitswarm_node::DEFAULT_WINDOW)?)?;
     tokio::spawn(event_loop.run());
     let shared = client.share(file).await?;
+    let base = usage()?.cpu_secs;
     println!("ready {}", shared.id);
-    report_when_asked(&client).await
+    report_when_asked(&client, base).await
 }
 
 async fn leech(tracker: &str, id: &str, out: PathBuf, window: usize) -> anyhow::Result<()> {
@@ -114,7 +117,7 @@ async fn leech(tracker: &str, id: &str, out: PathBuf, window: usize) -> anyhow::
     let id: FileId = id.parse()?;
     let done = client.get(LookupKey::Id(id), out).await?.wait().await?;
     println!("done {}", done.elapsed.as_secs_f64());
-    report_when_asked(&client).await
+    report_when_asked(&client, 0.0).await
 }
 
 struct ChildProc {
