@@ -94,7 +94,12 @@ async fn report_when_asked(client: &bitswarm_node::Client, base_cpu: f64) -> any
         if line == "report" {
             let stats = client.local_stats().await?;
             let u = usage()?;
-            println!("usage {} {} {}", u.cpu_secs - base_cpu, u.peak_rss_mib, stats.uploaded);
+            println!(
+                "usage {} {} {}",
+                u.cpu_secs - base_cpu,
+                u.peak_rss_mib,
+                stats.uploaded
+            );
             return Ok(());
         }
     }
