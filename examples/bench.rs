@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use bitswarm_examples::{generate_file, usage};
+use bitswarm_examples::{generate_file, start_tracker, usage};
 use bitswarm_node::Config;
 use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId};
 use clap::{Parser, Subcommand};
@@ -194,19 +194,8 @@ async fn parent(args: &Args) -> anyhow::Result<()> {
     generate_file(&file, size, 9)?;
     let gib = size as f64 / (1u64 << 30) as f64;
 
-    let tracker = bitswarm_tracker::Tracker::bind(bitswarm_tracker::Config {
-        listen_addrs: vec![parse_addr("127.0.0.1:0")?],
-        ..Default::default()
-    })
-    .await?;
-    let tracker_addr = tracker
-        .listen_addrs()
-        .into_iter()
-        .next()
-        .context("tracker address")?
-        .to_string();
     let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(tracker.run(cancel.clone()));
+    let tracker_addr = start_tracker(cancel.clone()).await?.to_string();
 
     let mut seeders = Vec::new();
     let mut id = String::new();

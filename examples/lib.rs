@@ -30,6 +30,25 @@ pub fn generate_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts a tracker on 127.0.0.1 with a free port in this process; returns its address (with
+/// `/p2p/<id>`). It runs until `cancel` is cancelled.
+pub async fn start_tracker(
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<libp2p::Multiaddr> {
+    let tracker = bitswarm_tracker::Tracker::bind(bitswarm_tracker::Config {
+        listen_addrs: vec![bitswarm_protocols::parse_addr("127.0.0.1:0")?],
+        ..Default::default()
+    })
+    .await?;
+    let addr = tracker
+        .listen_addrs()
+        .into_iter()
+        .next()
+        .context("tracker address")?;
+    tokio::spawn(tracker.run(cancel));
+    Ok(addr)
+}
+
 /// CPU time and peak memory of this process so far.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {

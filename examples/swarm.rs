@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use bitswarm_examples::generate_file;
+use bitswarm_examples::{generate_file, start_tracker};
 use bitswarm_node::Config;
 use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName};
 use clap::Parser;
@@ -38,18 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let cancel = CancellationToken::new();
 
-    let tracker = bitswarm_tracker::Tracker::bind(bitswarm_tracker::Config {
-        listen_addrs: vec![parse_addr("127.0.0.1:0")?],
-        ..Default::default()
-    })
-    .await?;
-    let tracker_addr = tracker
-        .listen_addrs()
-        .into_iter()
-        .next()
-        .context("tracker address")?;
+    let tracker_addr = start_tracker(cancel.child_token()).await?;
     println!("tracker   {tracker_addr}");
-    tokio::spawn(tracker.run(cancel.child_token()));
 
     let loopback = parse_addr("127.0.0.1:0")?;
     let node = |cancel: CancellationToken| Config {

@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 /// Every in-process test runs under this.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn within<F: Future<Output = anyhow::Result<()>>>(body: F) -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, body).await?
+}
+
 /// Installs a test subscriber once (`RUST_LOG` selects what is shown).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -9,7 +9,7 @@ use bitswarm_protocols::{
     tracker_codec, transfer, FileId, FileName, RelPath, TransferCodec, TRACKER_PROTOCOL,
     TRANSFER_PROTOCOL,
 };
-use bitswarm_tests::{init_tracing, make_file, TestNode, TestTracker, TEST_TIMEOUT};
+use bitswarm_tests::{init_tracing, make_file, within, TestNode, TestTracker};
 use futures::StreamExt;
 use libp2p::{
     noise, request_response,
@@ -17,10 +17,6 @@ use libp2p::{
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux, SwarmBuilder,
 };
-
-async fn within<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, f).await?
-}
 
 /// Writes a small tree and returns its root.
 fn make_tree(base: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {

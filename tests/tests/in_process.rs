@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use bitswarm_node::{Config, Event};
 use bitswarm_protocols::{tracker::LookupKey, FileId, FileName, DEFAULT_PIECE_SIZE};
-use bitswarm_tests::{init_tracing, make_file, wait_until, TestNode, TestTracker, TEST_TIMEOUT};
-
-async fn within<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, f).await?
-}
+use bitswarm_tests::{init_tracing, make_file, wait_until, within, TestNode, TestTracker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leechers_get_by_name_and_by_id_identical_bytes() -> anyhow::Result<()> {

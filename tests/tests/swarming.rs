@@ -5,14 +5,10 @@ use std::time::Duration;
 
 use bitswarm_node::{Config, Event};
 use bitswarm_protocols::{tracker::LookupKey, FileId, DEFAULT_PIECE_SIZE};
-use bitswarm_tests::{init_tracing, make_file, TestNode, TestTracker, TEST_TIMEOUT};
+use bitswarm_tests::{init_tracing, make_file, within, TestNode, TestTracker};
 use futures::future::try_join_all;
 
 const PIECE: usize = DEFAULT_PIECE_SIZE as usize;
-
-async fn within<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, f).await?
-}
 
 fn swarm_config(tracker: &TestTracker) -> Config {
     Config {
