@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     hash::{hash_piece, root_of},
-    FileId, FileName, Lengths, ManifestError, PieceIndex,
+    FileId, FileName, Lengths, ManifestError, PieceIndex, TypeError,
 };
 
 /// Name, size, piece size and the BLAKE3 value of every piece of one file, verified to merge to
@@ -42,6 +42,15 @@ impl WireManifest {
     /// [`ManifestError`] says which check failed.
     pub fn verify(self, id: FileId) -> Result<Manifest, ManifestError> {
         let lengths = Lengths::new(self.size, self.piece_size)?;
+        // The root hash does not depend on the piece size, so a manifest could verify with any
+        // power of two. Pieces are requested by index alone, so every peer must cut the file the
+        // same way: the piece size is fixed by the size.
+        let canonical = Lengths::for_size(self.size)?;
+        if canonical.piece_size() != self.piece_size {
+            return Err(ManifestError::Invalid(TypeError::InvalidPieceSize(
+                u64::from(self.piece_size),
+            )));
+        }
         let expected = lengths.piece_count() as usize;
         if self.values.len() != expected * 32 {
             return Err(ManifestError::WrongPieceCount {
@@ -145,10 +154,10 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PieceHasher, TypeError, MIN_PIECE_SIZE};
+    use crate::{PieceHasher, TypeError, DEFAULT_PIECE_SIZE as P, MIN_PIECE_SIZE};
 
     fn manifest_of(bytes: &[u8]) -> Manifest {
-        let lengths = Lengths::new(bytes.len() as u64, MIN_PIECE_SIZE).unwrap();
+        let lengths = Lengths::for_size(bytes.len() as u64).unwrap();
         let mut h = PieceHasher::new(lengths);
         while let Some(p) = h.next_piece() {
             let s = lengths.offset(p) as usize;
@@ -166,9 +175,7 @@ mod tests {
 
     #[test]
     fn honest_manifest_and_pieces_verify() {
-        let bytes: Vec<u8> = (0..5 * MIN_PIECE_SIZE + 7)
-            .map(|i| (i % 251) as u8)
-            .collect();
+        let bytes: Vec<u8> = (0..5 * P + 7).map(|i| (i % 251) as u8).collect();
         let m = manifest_of(&bytes);
         assert_eq!(m.id(), FileId::of(&bytes));
         let back = m.to_wire().verify(m.id()).unwrap();
@@ -180,7 +187,7 @@ mod tests {
 
     #[test]
     fn tampered_manifest_is_rejected() {
-        let bytes = vec![7u8; 3 * MIN_PIECE_SIZE as usize];
+        let bytes = vec![7u8; 3 * P as usize];
         let m = manifest_of(&bytes);
         let mut wire = m.to_wire();
         wire.values[40] ^= 1;
@@ -213,10 +220,33 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_cut_with_another_piece_size_is_refused_although_its_root_matches() {
+        let bytes: Vec<u8> = (0..2 * P).map(|i| (i % 7) as u8).collect();
+        let lengths = Lengths::new(bytes.len() as u64, MIN_PIECE_SIZE).unwrap();
+        let mut h = PieceHasher::new(lengths);
+        while let Some(p) = h.next_piece() {
+            let s = lengths.offset(p) as usize;
+            h.update(p, &bytes[s..s + lengths.piece_len(p) as usize]);
+        }
+        let (root, values) = h.finish();
+        assert_eq!(
+            root,
+            FileId::of(&bytes),
+            "same root whatever the piece size"
+        );
+        let odd = Manifest::new(FileName::new("f").unwrap(), lengths, values).unwrap();
+        assert!(matches!(
+            odd.to_wire().verify(root),
+            Err(ManifestError::Invalid(TypeError::InvalidPieceSize(_)))
+        ));
+        assert!(manifest_of(&bytes).to_wire().verify(root).is_ok());
+    }
+
+    #[test]
     fn tampered_piece_is_rejected() {
-        let mut bytes: Vec<u8> = (0..4 * MIN_PIECE_SIZE).map(|i| (i % 13) as u8).collect();
+        let mut bytes: Vec<u8> = (0..4 * P).map(|i| (i % 13) as u8).collect();
         let m = manifest_of(&bytes);
-        bytes[MIN_PIECE_SIZE as usize + 3] ^= 0x80;
+        bytes[P as usize + 3] ^= 0x80;
         let (p, b) = piece(&m, &bytes, 1);
         assert_eq!(m.verify_piece(p, b), Err(ManifestError::PieceMismatch(1)));
         let (p0, b0) = piece(&m, &bytes, 0);
