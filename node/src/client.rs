@@ -180,34 +180,44 @@ async fn fetch_collection(
         ),
     };
     let single = request.file.is_some();
-    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let total = entries.iter().fold(0u64, |t, e| t.saturating_add(e.size));
     progress.send_modify(|p| {
         p.id = Some(collection.id());
         p.total = total;
     });
-    let fetched: Vec<Downloaded> = stream::iter(entries)
-        .map(|entry| {
-            let target = if single {
-                let last = entry
-                    .path
-                    .components()
-                    .last()
-                    .unwrap_or_default()
-                    .to_owned();
-                root.join(last)
-            } else {
-                entry.path.join_onto(&root)
-            };
-            let (node, progress) = (node.clone(), Arc::clone(&progress));
-            async move {
-                let done = fetch_entry(&node, &entry, target).await?;
-                progress.send_modify(|p| p.done += entry.size);
-                Ok::<_, GetError>(done)
-            }
-        })
+    let target_of = |entry: &CollectionEntry| {
+        if single {
+            let last = entry
+                .path
+                .components()
+                .last()
+                .unwrap_or_default()
+                .to_owned();
+            root.join(last)
+        } else {
+            entry.path.join_onto(&root)
+        }
+    };
+    let fetch = |entry: CollectionEntry| {
+        let (node, progress, target) = (node.clone(), Arc::clone(&progress), target_of(&entry));
+        async move {
+            let done = fetch_entry(&node, &entry, target).await?;
+            progress.send_modify(|p| p.done = p.done.saturating_add(entry.size));
+            Ok::<_, GetError>(done)
+        }
+    };
+    // One download per file id at a time: entries with the same content (copies, empty files)
+    // go after the first of their kind.
+    let mut seen = std::collections::HashSet::new();
+    let (firsts, repeats): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| seen.insert(e.id));
+    let mut fetched: Vec<Downloaded> = stream::iter(firsts)
+        .map(fetch)
         .buffer_unordered(COLLECTION_PARALLELISM)
         .try_collect()
         .await?;
+    for entry in repeats {
+        fetched.push(fetch(entry).await?);
+    }
     Ok(Downloaded {
         id: collection.id(),
         path: if single {

@@ -26,6 +26,9 @@ fn make_tree(base: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     make_file(&root.join("disc 2"), "track.flac", 2 * 1024 * 1024 + 17, 2)?;
     make_file(&root.join("disc 2/bonus"), "notes.txt", 5, 3)?;
     make_file(&root, "empty", 0, 4)?;
+    // Same content twice: one swarm, fetched once then again for the second path.
+    make_file(&root.join("disc 2"), "empty too", 0, 5)?;
+    make_file(&root.join("disc 2/bonus"), "cover copy.jpg", 70_000, 1)?;
     Ok(root)
 }
 

@@ -157,8 +157,14 @@ struct Provider {
     in_flight: HashSet<PieceIndex>,
     /// Current window (fractional so it can grow by 1/window per piece).
     window: f64,
+    /// Timeouts since its last delivered piece.
     timeouts: u32,
+    /// Not used for this download (until a re-lookup re-admits it, unless `banned`).
     dropped: bool,
+    /// Sent bad data: never used again for this file.
+    banned: bool,
+    /// Answered `Busy`: no new requests until the next housekeeping tick.
+    backoff: bool,
     asked_manifest: bool,
     have_pending: bool,
     /// Pieces that timed out at this provider: asked elsewhere.
@@ -176,6 +182,8 @@ impl Provider {
             window: window as f64,
             timeouts: 0,
             dropped: false,
+            banned: false,
+            backoff: false,
             asked_manifest: false,
             have_pending: false,
             timed_out: HashSet::new(),
@@ -257,8 +265,13 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         dl.lookup_pending = false;
         if let Some(file) = dl.file {
             let record = records.into_iter().find(|r| r.id == file);
-            return self.add_providers(id, record.map(|r| r.providers).unwrap_or_default());
+            return self.add_providers(id, record.map(|r| r.providers).unwrap_or_default(), true);
         }
+        // The tracker is not trusted to answer a lookup by id with that id.
+        let records: Vec<FileRecord> = match &dl.key {
+            LookupKey::Id(wanted) => records.into_iter().filter(|r| r.id == *wanted).collect(),
+            LookupKey::Name(_) => records,
+        };
         let mut ids: Vec<FileId> = records.iter().map(|r| r.id).collect();
         ids.sort();
         ids.dedup();
@@ -288,30 +301,52 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         dl.file = Some(record.id);
         dl.phase = Phase::Manifest;
         dl.progress.send_modify(|p| p.id = Some(record.id));
-        self.add_providers(id, record.providers);
+        self.add_providers(id, record.providers, true);
     }
 
     /// Adds providers not known yet; ready ones start receiving requests at once.
-    fn add_providers(&mut self, id: DownloadId, providers: Vec<tracker::Provider>) {
+    ///
+    /// A provider dropped earlier for a lost connection or timeouts is re-admitted when the
+    /// tracker lists it again (it may have come back); one that sent bad data never is. When the
+    /// download had no usable provider, new ones from the tracker restart the `provider_wait`
+    /// clock; peers that merely asked us for the file do not (they could keep a stalled
+    /// download alive forever).
+    fn add_providers(
+        &mut self,
+        id: DownloadId,
+        providers: Vec<tracker::Provider>,
+        from_tracker: bool,
+    ) {
         let local = *self.swarm.local_peer_id();
         let window = self.config.window;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
+        let had_active = dl.providers.values().any(|p| !p.dropped);
         let mut added = Vec::new();
         for provider in providers.into_iter().filter(|p| p.peer != local) {
             for addr in provider.addrs {
                 self.swarm.add_peer_address(provider.peer, addr);
             }
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                dl.providers.entry(provider.peer)
-            {
-                slot.insert(Provider::new(provider.complete, window));
-                added.push(provider.peer);
+            let slot = dl.providers.entry(provider.peer);
+            match slot {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(Provider::new(provider.complete, window));
+                }
+                std::collections::hash_map::Entry::Occupied(mut slot) => {
+                    let old = slot.get();
+                    if !(from_tracker && old.dropped && !old.banned) {
+                        continue;
+                    }
+                    slot.insert(Provider::new(provider.complete, window));
+                }
             }
+            added.push(provider.peer);
+        }
+        if !added.is_empty() && from_tracker && !had_active {
+            dl.last_progress = Instant::now();
         }
         if !added.is_empty() {
-            dl.last_progress = Instant::now();
             debug!(file = ?dl.file, added = added.len(), total = dl.providers.len(), "providers joined");
         }
         for peer in added {
@@ -337,6 +372,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     addrs: Vec::new(),
                     complete: false,
                 }],
+                false,
             );
         }
     }
@@ -496,15 +532,21 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Want::Manifest => dl.manifest_pending = false,
             Want::Have => p.have_pending = false,
             Want::Piece(piece) => {
-                p.in_flight.remove(&piece);
-                if let Phase::Transfer { picker, .. } = &mut dl.phase {
-                    picker.failed(piece);
+                // A dropped provider's pieces went back to the picker already; returning one
+                // twice would mark it missing while another provider is fetching it.
+                if p.in_flight.remove(&piece) {
+                    if let Phase::Transfer { picker, .. } = &mut dl.phase {
+                        picker.failed(piece);
+                    }
                 }
             }
         }
         let drop_it = match failure {
             Failure::Fatal => true,
             Failure::Timeout => {
+                if let Want::Manifest = want {
+                    p.asked_manifest = false;
+                }
                 p.timeouts += 1;
                 p.window = (p.window / 2.0).max(1.0);
                 if let Want::Piece(piece) = want {
@@ -514,6 +556,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             Failure::Busy => {
                 p.window = (p.window - 1.0).max(1.0);
+                // No new requests to it until the next housekeeping tick: no request/Busy loop.
+                p.backoff = true;
+                if let Want::Manifest = want {
+                    p.asked_manifest = false;
+                }
                 false
             }
         };
@@ -696,6 +743,13 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     self.stats.bad_pieces += 1;
                     warn!(%peer, %piece, "piece failed verification");
                     let why = "sent a piece that failed verification";
+                    if let Some(p) = self
+                        .downloads
+                        .get_mut(&download)
+                        .and_then(|d| d.providers.get_mut(&peer))
+                    {
+                        p.banned = true;
+                    }
                     self.on_request_failed(
                         download,
                         peer,
@@ -790,6 +844,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             let was_full = p.in_flight.len() as f64 >= p.window.floor();
             p.in_flight.remove(&piece);
             p.pieces += 1;
+            p.timeouts = 0;
             if was_full {
                 p.window = (p.window + 1.0 / p.window).min(max_window);
             }
@@ -832,7 +887,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         // Fill the emptiest windows first so a cap on the total spreads over providers.
         let mut order: Vec<(&PeerId, &mut Provider)> = providers
             .iter_mut()
-            .filter(|(_, p)| !p.dropped && p.have.is_some())
+            .filter(|(_, p)| !p.dropped && !p.backoff && p.have.is_some())
             .collect();
         order.sort_by_key(|(_, p)| p.in_flight.len());
         for (peer, p) in order {
@@ -842,6 +897,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 .min(max_in_flight.saturating_sub(total));
             let timed_out = &p.timed_out;
             let mut picks = picker.pick(have, room, |x| timed_out.contains(&x));
+            if picks.len() < room && !p.timed_out.is_empty() {
+                // Nothing else to give it: a piece that timed out here may be asked again
+                // (with a single provider there is nobody else to ask).
+                p.timed_out.clear();
+                picks.extend(picker.pick(have, room - picks.len(), |_| false));
+            }
             while picks.len() < room {
                 let in_flight = &p.in_flight;
                 let Some(dup) =
@@ -917,9 +978,16 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 .filter(|(_, p)| !p.complete && !p.dropped && !p.have_pending)
                 .map(|(peer, _)| *peer)
                 .collect();
+            let backed_off = dl.providers.values().any(|p| p.backoff);
+            for p in dl.providers.values_mut() {
+                p.backoff = false;
+            }
             if matches!(dl.phase, Phase::Transfer { .. }) {
                 for peer in partial {
                     self.request_have(id, peer);
+                }
+                if backed_off {
+                    self.schedule(id);
                 }
             }
             self.write_record(id);
@@ -1034,7 +1102,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     pub(crate) fn holds_piece(&self, file: FileId, piece: PieceIndex) -> bool {
         match self.held.get(&file).map(|h| h.download) {
             Some(None) => true,
-            Some(Some(dl)) => self.picker_of(dl).is_some_and(|p| p.has(piece)),
+            Some(Some(dl)) => match self.downloads.get(&dl).map(|d| &d.phase) {
+                Some(Phase::Transfer { picker, .. }) => picker.has(piece),
+                // Every piece is verified and written; only the rename is pending.
+                Some(Phase::Finishing { .. }) => true,
+                _ => false,
+            },
             None => false,
         }
     }
