@@ -556,7 +556,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             Failure::Busy => {
                 p.window = (p.window - 1.0).max(1.0);
-                // No new requests to it until the next housekeeping tick: no request/Busy loop.
+                // No new requests to it until a piece arrives or the next housekeeping tick: no
+                // request/Busy loop at round-trip speed.
                 p.backoff = true;
                 if let Want::Manifest = want {
                     p.asked_manifest = false;
@@ -848,6 +849,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             if was_full {
                 p.window = (p.window + 1.0 / p.window).min(max_window);
             }
+        }
+        // A stored piece paces the retries of providers that answered `Busy`.
+        for p in dl.providers.values_mut() {
+            p.backoff = false;
         }
         if picker.stored(piece) {
             let len = u64::from(manifest.lengths().piece_len(piece));
