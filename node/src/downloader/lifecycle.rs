@@ -1,0 +1,203 @@
+//! A download's upkeep and end: the housekeeping tick (provider wait, re-lookups, bitfield
+//! refreshes, resume records), finishing, failing, and what a download lets this node serve.
+
+use super::*;
+
+impl<E: NetworkBehaviour> EventLoop<E> {
+    /// Per-tick upkeep of every download: provider-wait deadline, re-lookups, bitfield
+    /// refreshes of partial providers, resume record writes.
+    pub(crate) fn downloads_housekeeping(&mut self) {
+        let now = Instant::now();
+        let wait = self.config.provider_wait;
+        let relookup = self.config.relookup_interval;
+        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+        for id in ids {
+            let Some(dl) = self.downloads.get_mut(&id) else {
+                continue;
+            };
+            if matches!(dl.phase, Phase::Opening { .. } | Phase::Finishing { .. }) {
+                continue;
+            }
+            if now.duration_since(dl.last_progress) > wait {
+                let file = dl.file;
+                let error = match file {
+                    Some(file) => GetError::NoProviders { file, waited: wait },
+                    None => GetError::UnknownFile(dl.what()),
+                };
+                self.fail_download(id, error);
+                continue;
+            }
+            if let (Some(file), false, true) = (dl.file, dl.lookup_pending, now >= dl.next_lookup) {
+                dl.lookup_pending = true;
+                dl.next_lookup = now + relookup;
+                self.tracker_request(
+                    tracker::Request::Lookup {
+                        key: LookupKey::Id(file),
+                        limit: LOOKUP_LIMIT,
+                    },
+                    TrackerWaiter::Download(id),
+                );
+            }
+            let Some(dl) = self.downloads.get_mut(&id) else {
+                continue;
+            };
+            let partial: Vec<PeerId> = dl
+                .providers
+                .iter()
+                .filter(|(_, p)| !p.complete && !p.dropped && !p.have_pending)
+                .map(|(peer, _)| *peer)
+                .collect();
+            let backed_off = dl.providers.values().any(|p| p.backoff);
+            for p in dl.providers.values_mut() {
+                p.backoff = false;
+            }
+            if matches!(dl.phase, Phase::Transfer { .. }) {
+                for peer in partial {
+                    self.request_have(id, peer);
+                }
+                if backed_off {
+                    self.schedule(id);
+                }
+            }
+            self.write_record(id);
+        }
+    }
+
+    /// Writes the resume record on a blocking task when pieces were stored since the last one.
+    pub(super) fn write_record(&mut self, id: DownloadId) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let (
+            Phase::Transfer {
+                manifest, picker, ..
+            },
+            Some((_, part)),
+            true,
+            false,
+        ) = (&dl.phase, &dl.paths, dl.record_dirty, dl.record_writing)
+        else {
+            return;
+        };
+        let (manifest, part, have) = (Arc::clone(manifest), part.clone(), picker.held().to_wire());
+        dl.record_dirty = false;
+        dl.record_writing = true;
+        self.tasks.spawn_blocking(move || {
+            if let Err(error) = store::write_record(&part, &manifest, have) {
+                warn!(%error, part = %part.display(), "cannot write resume record");
+            }
+            TaskOutput::Download(TaskDone::RecordWritten { download: id })
+        });
+    }
+
+    pub(super) fn finish(&mut self, id: DownloadId) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let (Some((path, part)), Phase::Transfer { manifest, file, .. }) =
+            (dl.paths.clone(), &dl.phase)
+        else {
+            return;
+        };
+        let file = Arc::clone(file);
+        let size = manifest.lengths().size();
+        dl.phase = Phase::Finishing { size };
+        self.tasks.spawn_blocking(move || {
+            let result = store::finish(&file, &part, &path);
+            TaskOutput::Download(TaskDone::Finished {
+                download: id,
+                result,
+            })
+        });
+    }
+
+    pub(super) fn on_finished(&mut self, id: DownloadId, result: io::Result<()>) {
+        let Some(mut dl) = self.downloads.remove(&id) else {
+            return;
+        };
+        let (Some(file), Some((path, part)), Phase::Finishing { size }) =
+            (dl.file, dl.paths.clone(), &dl.phase)
+        else {
+            return;
+        };
+        let size = *size;
+        if let Err(source) = result {
+            self.downloads.insert(id, dl);
+            return self.fail_download(id, GetError::Io { path: part, source });
+        }
+        if let Some(held) = self.held.get_mut(&file) {
+            held.download = None;
+        }
+        let providers_used = dl.providers.values().filter(|p| p.pieces > 0).count();
+        let done = Downloaded {
+            id: file,
+            path: path.clone(),
+            size,
+            elapsed: dl.started.elapsed(),
+            providers_used,
+            resumed: dl.resumed,
+            fetched: dl.fetched,
+        };
+        info!(%file, path = %path.display(), size, elapsed = ?done.elapsed, providers_used, resumed = dl.resumed, "download complete");
+        self.emit(Event::Downloaded { file, path });
+        if let Some(reply) = dl.reply.take() {
+            let _ = reply.send(Ok(Outcome::File(done)));
+        }
+        self.announce();
+    }
+
+    /// Ends a download with `error`; its `.part` file and resume record stay for a later run.
+    pub(crate) fn fail_download(&mut self, id: DownloadId, error: GetError) {
+        self.write_record(id);
+        let Some(mut dl) = self.downloads.remove(&id) else {
+            return;
+        };
+        if let Some(file) = dl.file {
+            if self.held.get(&file).is_some_and(|h| h.download == Some(id)) {
+                self.held.remove(&file);
+                self.tracker_request(
+                    tracker::Request::Unannounce { id: file },
+                    TrackerWaiter::Unannounce,
+                );
+            }
+        }
+        warn!(file = ?dl.file, %error, "download failed");
+        if let Some(reply) = dl.reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    /// Whether this node holds `piece` of `file` (complete, or verified during a download).
+    pub(crate) fn holds_piece(&self, file: FileId, piece: PieceIndex) -> bool {
+        match self.held.get(&file).map(|h| h.download) {
+            Some(None) => true,
+            Some(Some(dl)) => match self.downloads.get(&dl).map(|d| &d.phase) {
+                Some(Phase::Transfer { picker, .. }) => picker.has(piece),
+                // Every piece is verified and written; only the rename is pending.
+                Some(Phase::Finishing { .. }) => true,
+                _ => false,
+            },
+            None => false,
+        }
+    }
+
+    /// The wire bitfield of the pieces of `file` this node holds.
+    pub(crate) fn bitfield_of(&self, file: FileId, manifest: &Manifest) -> Vec<u8> {
+        match self
+            .held
+            .get(&file)
+            .and_then(|h| h.download)
+            .and_then(|dl| self.picker_of(dl))
+        {
+            Some(picker) => picker.held().to_wire(),
+            None => Bitfield::full(manifest.lengths()).to_wire(),
+        }
+    }
+
+    pub(super) fn picker_of(&self, id: DownloadId) -> Option<&PiecePicker> {
+        match &self.downloads.get(&id)?.phase {
+            Phase::Transfer { picker, .. } => Some(picker),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! A download's data path: the manifest or collection, bitfields, pieces arriving and being
+//! stored, and filling the providers' windows.
+
+use super::*;
+
+impl<E: NetworkBehaviour> EventLoop<E> {
+    pub(super) fn on_manifest(&mut self, id: DownloadId, peer: PeerId, wire: WireManifest) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        dl.manifest_pending = false;
+        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
+            return;
+        };
+        let manifest = match wire.verify(file) {
+            Ok(m) => Arc::new(m),
+            Err(e) => return self.on_request_failed(id, peer, Want::Manifest, Failure::Fatal, &e),
+        };
+        let name = match (&dl.name, &dl.key) {
+            (Some(n), _) | (None, LookupKey::Name(n)) => n.clone(),
+            (None, LookupKey::Id(_)) => manifest.name().clone(),
+        };
+        let (path, part) = store::download_paths(&dl.out_dir, &name);
+        dl.paths = Some((path.clone(), part.clone()));
+        dl.last_progress = Instant::now();
+        dl.progress
+            .send_modify(|p| p.total = manifest.lengths().size());
+        dl.phase = Phase::Opening {
+            manifest: Arc::clone(&manifest),
+        };
+        self.tasks.spawn_blocking(move || {
+            let result = store::open_download(&path, &part, &manifest);
+            TaskOutput::Download(TaskDone::Opened {
+                download: id,
+                result,
+            })
+        });
+    }
+
+    /// The id names a shared directory. Bytes that do not hash to the id are the provider's
+    /// lie; bytes that do but are no valid collection are the collection's own fault, and no
+    /// other provider can give different bytes for that id, so the download fails at once.
+    pub(super) fn on_collection(&mut self, id: DownloadId, peer: PeerId, bytes: &[u8]) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        dl.manifest_pending = false;
+        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
+            return;
+        };
+        match Collection::decode(bytes, file) {
+            Err(e @ CollectionError::IdMismatch { .. }) => {
+                self.on_request_failed(id, peer, Want::Manifest, Failure::Fatal, &e)
+            }
+            Err(source) => self.fail_download(id, GetError::InvalidCollection { id: file, source }),
+            Ok(collection) => {
+                info!(collection = %file, files = collection.entries().len(), "collection verified");
+                if let Some(mut dl) = self.downloads.remove(&id) {
+                    if let Some(reply) = dl.reply.take() {
+                        let _ = reply.send(Ok(Outcome::Collection(Arc::new(collection))));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_have(&mut self, id: DownloadId, peer: PeerId, bits: Vec<u8>) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Some(p) = dl.providers.get_mut(&peer) else {
+            return;
+        };
+        p.have_pending = false;
+        let Phase::Transfer {
+            manifest, picker, ..
+        } = &mut dl.phase
+        else {
+            return;
+        };
+        let Some(have) = Bitfield::from_wire(manifest.lengths(), bits) else {
+            return self.on_request_failed(
+                id,
+                peer,
+                Want::Have,
+                Failure::Fatal,
+                &"malformed bitfield",
+            );
+        };
+        if p.dropped || p.have.as_ref() == Some(&have) {
+            return;
+        }
+        if let Some(old) = p.have.take() {
+            picker.remove_provider(&old);
+        }
+        picker.add_provider(&have);
+        p.have = Some(have);
+        self.schedule(id);
+    }
+
+    pub(super) fn on_piece(
+        &mut self,
+        id: DownloadId,
+        peer: PeerId,
+        piece: PieceIndex,
+        bytes: Vec<u8>,
+    ) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Phase::Transfer {
+            manifest,
+            file,
+            picker,
+        } = &dl.phase
+        else {
+            return;
+        };
+        if picker.has(piece) {
+            // An endgame copy that lost the race: drop it.
+            if let Some(p) = dl.providers.get_mut(&peer) {
+                p.in_flight.remove(&piece);
+            }
+            bitswarm_protocols::buffers::give(bytes);
+            return self.schedule(id);
+        }
+        let (manifest, file) = (Arc::clone(manifest), Arc::clone(file));
+        // The provider's window slot stays taken until the piece is stored, which bounds the
+        // piece bytes held in memory to the windows' total.
+        self.tasks.spawn_blocking(move || {
+            let result = store::store_piece(&file, &manifest, piece, bytes);
+            TaskOutput::Download(TaskDone::PieceStored {
+                download: id,
+                peer,
+                piece,
+                result,
+            })
+        });
+    }
+
+    pub(crate) fn on_download_task(&mut self, done: TaskDone) {
+        match done {
+            TaskDone::Opened { download, result } => self.on_opened(download, result),
+            TaskDone::PieceStored {
+                download,
+                peer,
+                piece,
+                result,
+            } => match result {
+                Ok(()) => self.on_piece_stored(download, peer, piece),
+                Err(StoreError::BadPiece) => {
+                    self.stats.bad_pieces += 1;
+                    warn!(%peer, %piece, "piece failed verification");
+                    let why = "sent a piece that failed verification";
+                    if let Some(p) = self
+                        .downloads
+                        .get_mut(&download)
+                        .and_then(|d| d.providers.get_mut(&peer))
+                    {
+                        p.banned = true;
+                    }
+                    self.on_request_failed(
+                        download,
+                        peer,
+                        Want::Piece(piece),
+                        Failure::Fatal,
+                        &why,
+                    );
+                }
+                Err(StoreError::Io(source)) => {
+                    let path = self
+                        .downloads
+                        .get(&download)
+                        .and_then(|d| d.paths.clone())
+                        .map(|p| p.1)
+                        .unwrap_or_default();
+                    self.fail_download(download, GetError::Io { path, source });
+                }
+            },
+            TaskDone::RecordWritten { download } => {
+                if let Some(dl) = self.downloads.get_mut(&download) {
+                    dl.record_writing = false;
+                }
+            }
+            TaskDone::Finished { download, result } => self.on_finished(download, result),
+        }
+    }
+
+    pub(super) fn on_opened(&mut self, id: DownloadId, result: io::Result<Opened>) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Phase::Opening { manifest } = &dl.phase else {
+            return;
+        };
+        let manifest = Arc::clone(manifest);
+        let Opened { file, resumed } = match result {
+            Ok(opened) => opened,
+            Err(source) => {
+                let path = dl.paths.clone().map(|p| p.0).unwrap_or_default();
+                return self.fail_download(id, GetError::Io { path, source });
+            }
+        };
+        let file = Arc::new(file);
+        let mut picker = PiecePicker::new(*manifest.lengths());
+        for piece in resumed {
+            if picker.stored(piece) {
+                dl.resumed += u64::from(manifest.lengths().piece_len(piece));
+            }
+        }
+        if dl.resumed > 0 {
+            info!(file = %manifest.id(), bytes = dl.resumed, "resuming: verified pieces kept from an earlier run");
+        }
+        let resumed = dl.resumed;
+        dl.progress.send_modify(|p| p.done = resumed);
+        dl.last_progress = Instant::now();
+        let complete = picker.is_complete();
+        // A complete copy this node already serves keeps serving; otherwise serve what arrives.
+        self.held.entry(manifest.id()).or_insert_with(|| Held {
+            manifest: Arc::clone(&manifest),
+            file: Arc::clone(&file),
+            download: Some(id),
+        });
+        dl.phase = Phase::Transfer {
+            manifest,
+            file,
+            picker,
+        };
+        if complete {
+            return self.finish(id);
+        }
+        let peers: Vec<PeerId> = dl.providers.keys().copied().collect();
+        for peer in peers {
+            self.init_provider(id, peer);
+        }
+        // Tell the tracker we hold (some of) this file, so other leechers find us.
+        self.announce();
+        self.schedule(id);
+    }
+
+    pub(super) fn on_piece_stored(&mut self, id: DownloadId, peer: PeerId, piece: PieceIndex) {
+        let max_window = self.config.max_window as f64;
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Phase::Transfer {
+            picker, manifest, ..
+        } = &mut dl.phase
+        else {
+            return;
+        };
+        if let Some(p) = dl.providers.get_mut(&peer) {
+            let was_full = p.in_flight.len() as f64 >= p.window.floor();
+            p.in_flight.remove(&piece);
+            p.pieces += 1;
+            p.timeouts = 0;
+            if was_full {
+                p.window = (p.window + 1.0 / p.window).min(max_window);
+            }
+        }
+        // A stored piece paces the retries of providers that answered `Busy`.
+        for p in dl.providers.values_mut() {
+            p.backoff = false;
+        }
+        if picker.stored(piece) {
+            let len = u64::from(manifest.lengths().piece_len(piece));
+            self.stats.downloaded += len;
+            dl.fetched += len;
+            dl.record_dirty = true;
+            dl.last_progress = Instant::now();
+            let active = dl.providers.values().filter(|p| !p.dropped).count();
+            dl.progress.send_modify(|p| {
+                p.done += len;
+                p.providers = active;
+            });
+        }
+        if picker.is_complete() {
+            return self.finish(id);
+        }
+        self.schedule(id);
+    }
+
+    /// Fills every provider's window: rarest missing pieces first, then endgame duplicates.
+    pub(super) fn schedule(&mut self, id: DownloadId) {
+        let max_in_flight = self.config.max_in_flight;
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let Download {
+            file: Some(file),
+            phase: Phase::Transfer { picker, .. },
+            providers,
+            ..
+        } = dl
+        else {
+            return;
+        };
+        let file = *file;
+        let mut total: usize = providers.values().map(|p| p.in_flight.len()).sum();
+        // Fill the emptiest windows first so a cap on the total spreads over providers.
+        let mut order: Vec<(&PeerId, &mut Provider)> = providers
+            .iter_mut()
+            .filter(|(_, p)| !p.dropped && !p.backoff && p.have.is_some())
+            .collect();
+        order.sort_by_key(|(_, p)| p.in_flight.len());
+        for (peer, p) in order {
+            let Some(have) = &p.have else { continue };
+            let room = (p.window.floor() as usize)
+                .saturating_sub(p.in_flight.len())
+                .min(max_in_flight.saturating_sub(total));
+            let timed_out = &p.timed_out;
+            let mut picks = picker.pick(have, room, |x| timed_out.contains(&x));
+            if picks.len() < room && !p.timed_out.is_empty() {
+                // Nothing else to give it: a piece that timed out here may be asked again
+                // (with a single provider there is nobody else to ask).
+                p.timed_out.clear();
+                picks.extend(picker.pick(have, room - picks.len(), |_| false));
+            }
+            while picks.len() < room {
+                let in_flight = &p.in_flight;
+                let Some(dup) =
+                    picker.pick_endgame(have, |x| in_flight.contains(&x) || picks.contains(&x))
+                else {
+                    break;
+                };
+                picks.push(dup);
+            }
+            total += picks.len();
+            for piece in picks {
+                let request = transfer::Request::Piece {
+                    id: file,
+                    index: piece.get(),
+                };
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .transfer
+                    .send_request(peer, request);
+                self.transfer_pending.insert(
+                    request_id,
+                    TransferRequest {
+                        download: id,
+                        want: Want::Piece(piece),
+                    },
+                );
+                p.in_flight.insert(piece);
+            }
+        }
+    }
+}
