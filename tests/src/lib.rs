@@ -154,6 +154,15 @@ impl TestNode {
         })
     }
 
+    /// Whether the node has reported dropping `peer` as a provider (drains queued events).
+    pub fn saw_provider_dropped(&mut self, peer: libp2p::PeerId) -> bool {
+        let mut dropped = false;
+        while let Ok(ev) = self.events.try_recv() {
+            dropped |= matches!(ev, Event::ProviderDropped { peer: p, .. } if p == peer);
+        }
+        dropped
+    }
+
     /// Shuts the node down cleanly and checks that its event loop ends.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.client.shutdown().await?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bitswarm_node::{Config, Event};
+use bitswarm_node::Config;
 use bitswarm_protocols::{tracker::LookupKey, FileId, FileName, DEFAULT_PIECE_SIZE};
 use bitswarm_tests::{init_tracing, make_file, wait_until, within, TestNode, TestTracker};
 
@@ -100,11 +100,10 @@ async fn a_seeder_serving_a_wrong_piece_is_caught_and_the_file_completes_from_an
             "the liar was asked and caught: {stats:?}"
         );
         let liar_id = liar.client.peer_id();
-        let mut dropped = false;
-        while let Ok(ev) = leecher.events.try_recv() {
-            dropped |= matches!(ev, Event::ProviderDropped { peer, .. } if peer == liar_id);
-        }
-        assert!(dropped, "the liar was dropped for the file");
+        assert!(
+            leecher.saw_provider_dropped(liar_id),
+            "the liar was dropped for the file"
+        );
         assert_eq!(
             done.providers_used, 1,
             "only the honest seeder's pieces were kept"

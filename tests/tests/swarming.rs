@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bitswarm_node::{Config, Event};
+use bitswarm_node::Config;
 use bitswarm_protocols::{tracker::LookupKey, FileId, DEFAULT_PIECE_SIZE};
 use bitswarm_tests::{init_tracing, make_file, within, TestNode, TestTracker};
 use futures::future::try_join_all;
@@ -121,11 +121,10 @@ async fn a_provider_killed_mid_transfer_leaves_the_others_to_finish() -> anyhow:
         doomed.kill().await;
         let done = download.wait().await?;
         assert_eq!(FileId::of(&std::fs::read(&done.path)?), id);
-        let mut dropped = false;
-        while let Ok(ev) = leecher.events.try_recv() {
-            dropped |= matches!(ev, Event::ProviderDropped { peer, .. } if peer == doomed_id);
-        }
-        assert!(dropped, "the killed provider was dropped");
+        assert!(
+            leecher.saw_provider_dropped(doomed_id),
+            "the killed provider was dropped"
+        );
         leecher.stop().await?;
         steady.stop().await?;
         tracker.stop().await
