@@ -62,9 +62,17 @@ const STEP: Duration = Duration::from_secs(600);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Peers run like the `bitswarm` binary: one event loop on a single-threaded scheduler,
+    // blocking work on the blocking pool.
+    let rt = if args.role.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     match args.role {
         Some(Role::Seed { tracker, file }) => rt.block_on(seed(&tracker, file)),
         Some(Role::Leech {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     command::Command,
     error::{Error, GetError, Result},
+    paths::Path,
 };
 
 /// A handle to a node's event loop. Cheap to clone; the loop stops when every clone is dropped.
@@ -50,10 +51,24 @@ pub struct Downloaded {
     pub elapsed: Duration,
     /// Providers that sent at least one verified piece.
     pub providers_used: usize,
+    /// Those providers, most pieces first, with the path their pieces came over.
+    pub sources: Vec<Source>,
     /// Bytes found verified in the `.part` file of an earlier run.
     pub resumed: u64,
     /// Bytes fetched from providers in this run.
     pub fetched: u64,
+}
+
+/// A provider that sent pieces of a download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The provider.
+    pub peer: PeerId,
+    /// The connection its last verified piece came over (`None` if it closed before the
+    /// piece was checked).
+    pub path: Option<Path>,
+    /// Verified pieces it sent.
+    pub pieces: u64,
 }
 
 /// Progress of a download, updated as pieces are verified.
@@ -228,6 +243,10 @@ async fn fetch_collection(
         size: total,
         elapsed: started.elapsed(),
         providers_used: fetched.iter().map(|d| d.providers_used).max().unwrap_or(0),
+        sources: fetched
+            .iter()
+            .flat_map(|d| d.sources.iter().cloned())
+            .collect(),
         resumed: fetched.iter().map(|d| d.resumed).sum(),
         fetched: fetched.iter().map(|d| d.fetched).sum(),
     })
@@ -286,6 +305,7 @@ async fn fetch_entry(
             size: entry.size,
             elapsed: Duration::ZERO,
             providers_used: 0,
+            sources: Vec::new(),
             resumed: entry.size,
             fetched: 0,
         });

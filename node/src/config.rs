@@ -30,6 +30,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const DEFAULT_PROVIDER_WAIT: Duration = Duration::from_secs(30);
 /// How often a running download asks the tracker for new providers.
 pub const DEFAULT_RELOOKUP_INTERVAL: Duration = Duration::from_secs(3);
+/// Default [`Config::holepunch_wait`].
+pub const DEFAULT_HOLEPUNCH_WAIT: Duration = Duration::from_secs(20);
 
 /// Everything a node needs to start. Build with `Config { .., ..Default::default() }`.
 #[derive(Debug, Clone)]
@@ -65,6 +67,15 @@ pub struct Config {
     pub provider_wait: Duration,
     /// How often a running download looks for new providers.
     pub relookup_interval: Duration,
+    /// How long a provider reachable only through a relay that carries no file data may take
+    /// to become directly connected (DCUtR) before it is dropped.
+    pub holepunch_wait: Duration,
+    /// Listen on QUIC too, on the same port as each TCP listen address.
+    pub quic: bool,
+    /// While this node is not known to be publicly reachable (AutoNAT), hold a relay
+    /// reservation at the tracker and announce the circuit address, so peers behind other
+    /// NATs can reach it and punch a hole.
+    pub relay_reservation: bool,
     /// The span every log line of this node is recorded under.
     pub root_span: tracing::Span,
     /// Cancelling it stops the node.
@@ -89,6 +100,9 @@ impl Default for Config {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             provider_wait: DEFAULT_PROVIDER_WAIT,
             relookup_interval: DEFAULT_RELOOKUP_INTERVAL,
+            holepunch_wait: DEFAULT_HOLEPUNCH_WAIT,
+            quic: true,
+            relay_reservation: true,
             root_span: tracing::Span::none(),
             cancel: CancellationToken::new(),
         }

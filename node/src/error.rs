@@ -96,12 +96,14 @@ pub enum GetError {
     },
     /// No provider sent data for the configured wait: every peer holding the file is gone,
     /// failed, or none could be reached. The `.part` file and resume record are kept.
-    #[error("no provider for {file}: none sent data for {}s (the .part file is kept; run get again to resume)", waited.as_secs())]
+    #[error("no provider for {file}: none sent data for {}s{} (the .part file is kept; run get again to resume)", waited.as_secs(), last_problem.as_ref().map(|p| format!("; last problem: {p}")).unwrap_or_default())]
     NoProviders {
         /// The file.
         file: FileId,
         /// How long it waited.
         waited: std::time::Duration,
+        /// Why the last provider was dropped, if one was.
+        last_problem: Option<String>,
     },
     /// The collection's bytes match its id but are not a valid collection (an unsafe path, a
     /// duplicate, ...): whoever made it is hostile, and nothing was written.

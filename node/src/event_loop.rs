@@ -21,6 +21,7 @@ use bitswarm_protocols::{
 };
 use futures::StreamExt;
 use libp2p::{
+    core::transport::ListenerId,
     multiaddr::Protocol,
     request_response::{self, OutboundRequestId},
     swarm::{dial_opts::DialOpts, ConnectionId, DialError, NetworkBehaviour, SwarmEvent},
@@ -38,6 +39,8 @@ use crate::{
     command::Command,
     downloader::{Download, DownloadId, TransferRequest},
     error::{Error, Result, ShareError},
+    nat::NatState,
+    paths::Connections,
     serve::ReadDone,
     store, Config, Event,
 };
@@ -98,7 +101,7 @@ pub(crate) enum TrackerWaiter {
     Unannounce,
 }
 
-enum TrackerLink {
+pub(crate) enum TrackerLink {
     Idle,
     Dialing {
         connection: ConnectionId,
@@ -115,8 +118,12 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     events: mpsc::Sender<Event<E::ToSwarm>>,
     pub(crate) config: Config,
     pub(crate) tasks: JoinSet<TaskOutput>,
-    tracker_addr: Option<Multiaddr>,
-    tracker: TrackerLink,
+    pub(crate) tracker_addr: Option<Multiaddr>,
+    pub(crate) tracker: TrackerLink,
+    /// Delay before redialing the tracker after losing it; doubles up to the announce interval.
+    tracker_backoff: Duration,
+    pub(crate) nat: NatState,
+    pub(crate) connections: Connections,
     tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
     announce_interval: Duration,
     next_announce: Option<Instant>,
@@ -137,6 +144,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event<E::ToSwarm>>,
         config: Config,
+        tcp_listeners: Vec<(ListenerId, Multiaddr)>,
     ) -> Self {
         EventLoop {
             swarm,
@@ -146,6 +154,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             config,
             tasks: JoinSet::new(),
             tracker: TrackerLink::Idle,
+            tracker_backoff: crate::nat::MIN_RETRY,
+            nat: NatState::new(tcp_listeners),
+            connections: Connections::default(),
             tracker_pending: HashMap::new(),
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
             next_announce: None,
@@ -170,6 +181,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let span = self.config.root_span.clone();
         let _guard = span.enter();
         let cancel = self.config.cancel.clone();
+        self.await_listeners().await;
         if self.config.announce_presence && self.tracker_addr.is_some() {
             self.dial_tracker(Vec::new());
         }
@@ -343,10 +355,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if self.next_announce.is_some_and(|t| now >= t) {
             self.announce();
         }
+        self.ensure_reservation();
         self.downloads_housekeeping();
     }
 
-    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
+    pub(crate) fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.handle_transfer_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Tracker(ev)) => self.handle_tracker_event(ev),
@@ -355,16 +368,42 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 trace!(peer = %ev.peer, result = ?ev.result, "ping")
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => trace!(?ev, "identify"),
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => {
+                self.on_relay_client_event(ev)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => self.on_dcutr_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(ev)) => self.on_autonat_event(ev),
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 info!(%address, "listening");
-                self.listen_addrs.push(address.clone());
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address.clone());
+                }
                 for waiter in self.listen_waiters.drain(..) {
                     let _ = waiter.send(self.listen_addrs.clone());
                 }
+                self.on_listener_up(listener_id, &address);
                 self.emit(Event::Listening { addr: address });
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                let reason: &dyn std::fmt::Display = match &reason {
+                    Ok(()) => &"closed",
+                    Err(e) => e,
+                };
+                self.on_listener_closed(listener_id, reason);
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(?listener_id, %error, "listener error");
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -372,16 +411,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 endpoint,
                 ..
             } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.on_tracker_connected(peer_id, connection_id, endpoint.get_remote_address());
+                let remote = endpoint.get_remote_address();
+                debug!(peer = %peer_id, addr = %remote, "connected");
+                self.on_tracker_connected(peer_id, connection_id, remote);
+                self.on_connection_established(peer_id, connection_id, remote);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 cause,
                 num_established,
                 ..
             } => {
                 debug!(peer = %peer_id, ?cause, num_established, "connection closed");
+                self.connections.closed(peer_id, connection_id);
+                if num_established == 0
+                    && matches!(self.tracker, TrackerLink::Connected(t) if t == peer_id)
+                {
+                    self.on_tracker_lost();
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -437,6 +485,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         info!(tracker = %peer, "connected to tracker");
         self.swarm.add_peer_address(peer, addr.clone());
         self.tracker = TrackerLink::Connected(peer);
+        self.tracker_backoff = crate::nat::MIN_RETRY;
+        self.on_tracker_link(peer, addr);
         self.emit(Event::TrackerConnected { peer });
         for (request, waiter) in queued {
             self.tracker_request(request, waiter);
@@ -456,7 +506,18 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         }
         if self.next_announce.is_some() {
-            self.next_announce = Some(Instant::now() + self.announce_interval);
+            self.next_announce = Some(Instant::now() + self.tracker_backoff);
+            self.tracker_backoff = (self.tracker_backoff * 2).min(self.announce_interval);
+        }
+    }
+
+    /// The last connection to the tracker closed (it may have restarted, losing its index):
+    /// announce again soon, which redials it, and reserve again once connected.
+    fn on_tracker_lost(&mut self) {
+        warn!("lost the tracker; reconnecting");
+        self.tracker = TrackerLink::Idle;
+        if self.next_announce.is_some() {
+            self.next_announce = Some(Instant::now() + self.tracker_backoff);
         }
     }
 

@@ -38,6 +38,8 @@ mod downloader;
 mod error;
 mod event_loop;
 pub mod identity;
+mod nat;
+mod paths;
 mod serve;
 mod store;
 mod swarm;
@@ -51,12 +53,13 @@ use tokio::sync::mpsc;
 pub use crate::{
     behaviour::{Behaviour, IDENTIFY_PROTOCOL},
     client::{
-        Client, Download, Downloaded, GetRequest, LocalStats, Progress, SharedFile,
+        Client, Download, Downloaded, GetRequest, LocalStats, Progress, SharedFile, Source,
         COLLECTION_PARALLELISM,
     },
     config::*,
     error::{Error, GetError, Result, ShareError},
     event_loop::EventLoop,
+    paths::{Path, Transport, MIN_RELAY_DATA_BYTES},
 };
 
 /// Capacity of the command channel from [`Client`]s to the event loop.
@@ -123,13 +126,20 @@ pub fn new_with_extension<E: NetworkBehaviour>(
     extension: E,
 ) -> Result<(Client, mpsc::Receiver<Event<E::ToSwarm>>, EventLoop<E>)> {
     let mut swarm = swarm::build(&config, extension)?;
+    let mut tcp_listeners = Vec::new();
     for addr in &config.listen_addrs {
-        swarm
+        let id = swarm
             .listen_on(addr.clone())
             .map_err(|source| Error::Listen {
                 addr: addr.clone(),
                 source,
             })?;
+        if addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        {
+            tcp_listeners.push((id, addr.clone()));
+        }
     }
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_SIZE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_SIZE);
@@ -137,6 +147,6 @@ pub fn new_with_extension<E: NetworkBehaviour>(
     Ok((
         client,
         event_rx,
-        EventLoop::new(swarm, command_rx, event_tx, config),
+        EventLoop::new(swarm, command_rx, event_tx, config, tcp_listeners),
     ))
 }

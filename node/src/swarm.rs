@@ -1,4 +1,5 @@
-//! The production swarm: TCP + Noise + Yamux (+ DNS for `host:port` addresses).
+//! The production swarm: TCP + Noise + Yamux and QUIC (+ DNS for `host:port` addresses), and
+//! the relay client transport for circuits through the tracker.
 
 use libp2p::{noise, swarm::NetworkBehaviour, tcp, yamux, Swarm, SwarmBuilder};
 
@@ -18,9 +19,12 @@ pub(crate) fn build<E: NetworkBehaviour>(
             yamux::Config::default,
         )
         .map_err(|e| transport_err(&e))?
+        .with_quic()
         .with_dns()
         .map_err(|e| transport_err(&e))?
-        .with_behaviour(|key| Behaviour::new(key, config, extension))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport_err(&e))?
+        .with_behaviour(|key, relay| Behaviour::new(key, relay, config, extension))
         .map_err(|e| transport_err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();

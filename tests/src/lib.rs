@@ -20,6 +20,8 @@ use libp2p::Multiaddr;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod netlab;
+
 /// Every in-process test runs under this.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -24,6 +24,58 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default listen address, `/ip4/0.0.0.0/tcp/7000`: every interface, [`DEFAULT_PORT`].
+/// Relay limits: the libp2p defaults, enough to coordinate a hole punch, not to carry a file.
+pub const DEFAULT_RELAY_CIRCUIT_BYTES: u64 = 128 * 1024;
+/// Default longest life of a relayed circuit.
+pub const DEFAULT_RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(120);
+/// Longest life of a circuit when the tracker relays file data.
+pub const DATA_RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Default most circuits per peer.
+pub const DEFAULT_RELAY_CIRCUITS_PER_PEER: usize = 4;
+/// Default most circuits in all.
+pub const DEFAULT_RELAY_MAX_CIRCUITS: usize = 64;
+/// Default most reservations in all.
+pub const DEFAULT_RELAY_MAX_RESERVATIONS: usize = 256;
+
+/// What the tracker's relay (circuit relay v2) allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Bytes one circuit may carry, both directions together; 0 is unlimited.
+    pub max_circuit_bytes: u64,
+    /// Longest life of one circuit (at most `u32::MAX` seconds).
+    pub max_circuit_duration: Duration,
+    /// Most circuits one peer may have open.
+    pub max_circuits_per_peer: usize,
+    /// Most circuits in all.
+    pub max_circuits: usize,
+    /// Most reservations in all.
+    pub max_reservations: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_circuit_bytes: DEFAULT_RELAY_CIRCUIT_BYTES,
+            max_circuit_duration: DEFAULT_RELAY_CIRCUIT_DURATION,
+            max_circuits_per_peer: DEFAULT_RELAY_CIRCUITS_PER_PEER,
+            max_circuits: DEFAULT_RELAY_MAX_CIRCUITS,
+            max_reservations: DEFAULT_RELAY_MAX_RESERVATIONS,
+        }
+    }
+}
+
+impl RelayLimits {
+    /// Limits under which file data may go through the relay: no byte limit, circuits
+    /// living a day.
+    pub fn carrying_data(self) -> Self {
+        RelayLimits {
+            max_circuit_bytes: 0,
+            max_circuit_duration: DATA_RELAY_CIRCUIT_DURATION,
+            ..self
+        }
+    }
+}
+
 pub fn default_listen_addr() -> Multiaddr {
     Multiaddr::empty()
         .with(Protocol::Ip4(Ipv4Addr::UNSPECIFIED))
@@ -53,6 +105,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Bounds on the index.
     pub limits: Limits,
+    /// Also listen on QUIC, on the port of each TCP listen address.
+    pub quic: bool,
+    /// The tracker's public addresses. When empty, its listen addresses on a specific IP
+    /// (not `0.0.0.0` or `::`) are taken as public. A relay offers relaying only with one.
+    pub external_addrs: Vec<Multiaddr>,
+    /// What the relay allows.
+    pub relay: RelayLimits,
+    /// Answer AutoNAT probes of peers seen at non-global addresses (a LAN, a test lab). Off by
+    /// default: a public AutoNAT server must not be made to dial private networks.
+    pub autonat_private_ips: bool,
     /// The span the tracker's event loop runs in.
     pub root_span: tracing::Span,
 }
@@ -69,6 +131,10 @@ impl Default for Config {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             limits: Limits::default(),
+            quic: true,
+            external_addrs: Vec::new(),
+            relay: RelayLimits::default(),
+            autonat_private_ips: false,
             root_span: tracing::info_span!("tracker"),
         }
     }

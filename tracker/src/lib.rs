@@ -34,7 +34,7 @@ pub mod index;
 pub mod server;
 
 pub use behaviour::{Behaviour, Event, EvictReason};
-pub use config::Config;
+pub use config::{Config, RelayLimits};
 pub use error::{Error, Result};
 pub use index::{FileIndex, IndexError, Limits};
 pub use server::Tracker;

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use bitswarm_protocols::parse_addr;
-use bitswarm_tracker::{config, Config, Tracker};
+use bitswarm_tracker::{config, Config, RelayLimits, Tracker};
 use clap::{ArgAction, Parser};
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,30 @@ struct Args {
     /// Seconds a registration lives without an announce [default: 3 x interval]
     #[arg(long, value_name = "SECS")]
     ttl: Option<u64>,
+    /// The tracker's public address, as peers dial it (repeatable) [default: the listen
+    /// addresses on a specific IP]. The relay works only with one.
+    #[arg(long = "external-addr", value_name = "ADDR")]
+    external_addr: Vec<String>,
+    /// Relay file data too: circuits get no byte limit and live a day (unless the limits below
+    /// say otherwise). By default circuits only coordinate hole punching.
+    #[arg(long)]
+    relay_data: bool,
+    /// Bytes one relayed circuit may carry, 0 for no limit
+    /// [default: 131072, or 0 with --relay-data]
+    #[arg(long, value_name = "BYTES")]
+    relay_circuit_bytes: Option<u64>,
+    /// Seconds one relayed circuit may live [default: 120, or 86400 with --relay-data]
+    #[arg(long, value_name = "SECS")]
+    relay_circuit_secs: Option<u32>,
+    /// Relayed circuits one peer may have open
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_RELAY_CIRCUITS_PER_PEER)]
+    relay_circuits_per_peer: usize,
+    /// Do not listen on QUIC (by default each TCP address with a fixed port gets a QUIC twin)
+    #[arg(long)]
+    no_quic: bool,
+    /// Answer AutoNAT probes from peers at non-global addresses (a LAN or a test lab)
+    #[arg(long)]
+    autonat_private_ips: bool,
     /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -116,9 +140,31 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
             interval.as_secs()
         );
     }
+    let external_addrs = args
+        .external_addr
+        .iter()
+        .map(|a| parse_addr(a))
+        .collect::<Result<_, _>>()?;
+    let mut relay = RelayLimits {
+        max_circuits_per_peer: args.relay_circuits_per_peer,
+        ..RelayLimits::default()
+    };
+    if args.relay_data {
+        relay = relay.carrying_data();
+    }
+    if let Some(bytes) = args.relay_circuit_bytes {
+        relay.max_circuit_bytes = bytes;
+    }
+    if let Some(secs) = args.relay_circuit_secs {
+        relay.max_circuit_duration = Duration::from_secs(secs.into());
+    }
     let config = Config {
         listen_addrs,
         announce_interval: interval,
+        external_addrs,
+        relay,
+        quic: !args.no_quic,
+        autonat_private_ips: args.autonat_private_ips,
         ..Config::default()
     }
     .with_ttl(ttl);

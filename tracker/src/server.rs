@@ -15,7 +15,9 @@ use std::{
 use bitswarm_protocols::tracker::{LookupKey, Stats};
 use futures::{FutureExt, StreamExt};
 use libp2p::{
-    identify, noise, ping,
+    autonat, identify,
+    multiaddr::Protocol,
+    noise, ping, relay,
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder, TransportError,
 };
@@ -41,6 +43,11 @@ struct Behaviour {
     tracker: crate::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
+    /// Circuit relay v2 server: NAT'd peers reserve here; circuits coordinate hole punching
+    /// (and carry file data when the limits allow it).
+    relay: relay::Behaviour,
+    /// Tells peers whether they are publicly reachable by dialing them back.
+    autonat: autonat::Behaviour,
 }
 
 /// A bound tracker: listening, not yet serving. Call [`Tracker::run`].
@@ -82,6 +89,16 @@ impl Tracker {
                 },
             })?;
             pending.insert(id, addr.clone());
+            if let Some(quic) = config.quic.then(|| quic_twin(addr)).flatten() {
+                // A fixed TCP port gets its QUIC twin at once; port 0 is left to TCP alone
+                // (the two would get different ports).
+                match swarm.listen_on(quic.clone()) {
+                    Ok(id) => {
+                        pending.insert(id, quic);
+                    }
+                    Err(error) => warn!(addr = %quic, %error, "cannot listen on QUIC"),
+                }
+            }
         }
         let mut listen_addrs = Vec::new();
         let wait = async {
@@ -102,6 +119,29 @@ impl Tracker {
             .await
             .map_err(|_| Error::BindTimeout(BIND_TIMEOUT))??;
 
+        let external: Vec<Multiaddr> = if config.external_addrs.is_empty() {
+            listen_addrs
+                .iter()
+                .filter(|a| is_specific(a))
+                .cloned()
+                .collect()
+        } else {
+            config.external_addrs.clone()
+        };
+        for addr in &external {
+            info!(%addr, "external address");
+            swarm.add_external_address(addr.clone());
+        }
+        if external.is_empty() {
+            warn!("no external address (listening on an unspecified IP without --external-addr): the relay is off");
+        }
+        let limits = config.relay;
+        info!(
+            circuit_bytes = limits.max_circuit_bytes,
+            circuit_secs = limits.max_circuit_duration.as_secs(),
+            circuits_per_peer = limits.max_circuits_per_peer,
+            "relay limits (circuit bytes 0 = unlimited)"
+        );
         let (stats, _) = watch::channel(swarm.behaviour().tracker.stats());
         let local = *swarm.local_peer_id();
         info!(peer = %local, addrs = listen_addrs.len(), "tracker bound");
@@ -164,6 +204,10 @@ impl Tracker {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.handle_ping_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
                 handle_identify_event(event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => handle_relay_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => {
+                debug!(?event, "autonat")
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let address = address.with_p2p(self.local_peer_id());
@@ -258,6 +302,35 @@ impl Tracker {
     }
 }
 
+/// Logs what the relay does: reservations at info, circuits at debug, denials at warn.
+fn handle_relay_event(event: relay::Event) {
+    match event {
+        relay::Event::ReservationReqAccepted {
+            src_peer_id,
+            renewed,
+        } => {
+            if renewed {
+                debug!(peer = %src_peer_id, "relay reservation renewed");
+            } else {
+                info!(peer = %src_peer_id, "relay reservation accepted");
+            }
+        }
+        relay::Event::ReservationTimedOut { src_peer_id } => {
+            info!(peer = %src_peer_id, "relay reservation timed out")
+        }
+        relay::Event::CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => info!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit opened"),
+        relay::Event::CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            error,
+        } => debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "relay circuit closed"),
+        other => info!(event = ?other, "relay"),
+    }
+}
+
 fn handle_identify_event(event: identify::Event) {
     match event {
         identify::Event::Received { peer_id, info, .. } => {
@@ -267,6 +340,36 @@ fn handle_identify_event(event: identify::Event) {
             debug!(peer = %peer_id, %error, "identify failed");
         }
         other => trace!(event = ?other, "identify"),
+    }
+}
+
+/// `/ip4/A/tcp/P` with a fixed port -> `/ip4/A/udp/P/quic-v1`.
+fn quic_twin(tcp: &Multiaddr) -> Option<Multiaddr> {
+    let mut it = tcp.iter();
+    let ip = it
+        .next()
+        .filter(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))?;
+    let Some(Protocol::Tcp(port)) = it.next() else {
+        return None;
+    };
+    if port == 0 || it.next().is_some() {
+        return None;
+    }
+    Some(
+        Multiaddr::empty()
+            .with(ip)
+            .with(Protocol::Udp(port))
+            .with(Protocol::QuicV1),
+    )
+}
+
+/// A listen address on a specific IP (not `0.0.0.0` or `::`): dialable as it is.
+fn is_specific(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => !ip.is_unspecified(),
+        Some(Protocol::Ip6(ip)) => !ip.is_unspecified(),
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
+        _ => false,
     }
 }
 
@@ -321,10 +424,37 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), config.keypair.public())
             .with_agent_version(format!("bitswarm-tracker/{}", env!("CARGO_PKG_VERSION"))),
     );
+    let local = config.keypair.public().to_peer_id();
+    let limits = &config.relay;
+    let relay = relay::Behaviour::new(
+        local,
+        relay::Config {
+            max_reservations: limits.max_reservations,
+            max_circuits: limits.max_circuits,
+            max_circuits_per_peer: limits.max_circuits_per_peer,
+            max_circuit_duration: limits
+                .max_circuit_duration
+                .min(Duration::from_secs(u64::from(u32::MAX))),
+            max_circuit_bytes: limits.max_circuit_bytes,
+            ..relay::Config::default()
+        },
+    );
+    let autonat = autonat::Behaviour::new(
+        local,
+        autonat::Config {
+            only_global_ips: !config.autonat_private_ips,
+            // The tracker serves probes; it does not probe itself.
+            boot_delay: Duration::from_secs(3600),
+            use_connected: false,
+            ..autonat::Config::default()
+        },
+    );
     let behaviour = Behaviour {
         tracker: crate::Behaviour::new(config),
         ping,
         identify,
+        relay,
+        autonat,
     };
     let Ok(builder) = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -333,6 +463,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
             noise::Config::new,
             yamux::Config::default,
         )?
+        .with_quic()
         .with_dns()
         .map_err(Error::Dns)?
         .with_behaviour(|_| behaviour);

@@ -21,7 +21,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             if now.duration_since(dl.last_progress) > wait {
                 let file = dl.file;
                 let error = match file {
-                    Some(file) => GetError::NoProviders { file, waited: wait },
+                    Some(file) => GetError::NoProviders {
+                        file,
+                        waited: wait,
+                        last_problem: dl.last_problem.take(),
+                    },
                     None => GetError::UnknownFile(dl.what()),
                 };
                 self.fail_download(id, error);
@@ -60,6 +64,31 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 }
             }
             self.write_record(id);
+        }
+        self.check_hole_punch_waits(now);
+    }
+
+    /// Providers reachable only through a relay that carries no data get
+    /// `holepunch_wait` for DCUtR to open a direct connection.
+    fn check_hole_punch_waits(&mut self, now: Instant) {
+        let limit = self.config.holepunch_wait;
+        let mut expired = Vec::new();
+        for dl in self.downloads.values_mut() {
+            for (peer, p) in dl.providers.iter_mut().filter(|(_, p)| !p.dropped) {
+                if self.connections.only_signalling_relay(peer).is_none() {
+                    p.signalling_since = None;
+                    continue;
+                }
+                let since = *p.signalling_since.get_or_insert(now);
+                if now.duration_since(since) > limit {
+                    p.signalling_since = None;
+                    expired.push(*peer);
+                }
+            }
+        }
+        for peer in expired {
+            let why = format!("no direct connection within {}s", limit.as_secs());
+            self.on_hole_punch_failed(peer, &why);
         }
     }
 
@@ -129,12 +158,24 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             held.download = None;
         }
         let providers_used = dl.providers.values().filter(|p| p.pieces > 0).count();
+        let mut sources: Vec<Source> = dl
+            .providers
+            .iter()
+            .filter(|(_, p)| p.pieces > 0)
+            .map(|(peer, p)| Source {
+                peer: *peer,
+                path: p.path,
+                pieces: p.pieces,
+            })
+            .collect();
+        sources.sort_by_key(|s| std::cmp::Reverse(s.pieces));
         let done = Downloaded {
             id: file,
             path: path.clone(),
             size,
             elapsed: dl.started.elapsed(),
             providers_used,
+            sources,
             resumed: dl.resumed,
             fetched: dl.fetched,
         };

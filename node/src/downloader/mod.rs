@@ -42,7 +42,10 @@ use bitswarm_protocols::{
 };
 use libp2p::{
     request_response::{OutboundFailure, OutboundRequestId},
-    swarm::NetworkBehaviour,
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        NetworkBehaviour,
+    },
     PeerId,
 };
 use tokio::sync::{oneshot, watch};
@@ -50,9 +53,10 @@ use tracing::{debug, info, warn};
 
 use self::picker::PiecePicker;
 use crate::{
-    client::{Downloaded, Outcome, Progress},
+    client::{Downloaded, Outcome, Progress, Source},
     error::GetError,
     event_loop::{Held, TaskOutput, TrackerWaiter},
+    paths::Path,
     store::{self, Opened, StoreError},
     Event, EventLoop,
 };
@@ -87,6 +91,9 @@ enum Failure {
     Timeout,
     /// It is overloaded: shrink its window, try again later.
     Busy,
+    /// The connection it went over closed while another to the same peer lives (a relayed
+    /// one closed after a hole punch): ask again, no penalty.
+    Retry,
 }
 
 /// Results of a download's blocking tasks.
@@ -132,6 +139,8 @@ pub(crate) struct Download {
     manifest_pending: bool,
     resumed: u64,
     fetched: u64,
+    /// Why the last provider was dropped, for the "no provider" error.
+    last_problem: Option<String>,
     /// Pieces were stored since the resume record was last written.
     record_dirty: bool,
     record_writing: bool,
@@ -177,6 +186,11 @@ struct Provider {
     timed_out: HashSet<PieceIndex>,
     /// Verified pieces it sent.
     pieces: u64,
+    /// The connection its last verified piece came over.
+    path: Option<Path>,
+    /// Since when it is connected only through a relay that carries no file data (waiting
+    /// for a hole punch).
+    signalling_since: Option<Instant>,
 }
 
 impl Provider {
@@ -194,6 +208,8 @@ impl Provider {
             have_pending: false,
             timed_out: HashSet::new(),
             pieces: 0,
+            path: None,
+            signalling_since: None,
         }
     }
 }
@@ -237,6 +253,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             manifest_pending: false,
             resumed: 0,
             fetched: 0,
+            last_problem: None,
             record_dirty: false,
             record_writing: false,
         };
@@ -330,6 +347,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         let had_active = dl.providers.values().any(|p| !p.dropped);
         let mut added = Vec::new();
+        let mut new = 0;
         for provider in providers.into_iter().filter(|p| p.peer != local) {
             for addr in provider.addrs {
                 self.swarm.add_peer_address(provider.peer, addr);
@@ -338,6 +356,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             match slot {
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(Provider::new(provider.complete, window));
+                    new += 1;
                 }
                 std::collections::hash_map::Entry::Occupied(mut slot) => {
                     let old = slot.get();
@@ -349,7 +368,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             added.push(provider.peer);
         }
-        if !added.is_empty() && from_tracker && !had_active {
+        // Only a provider never seen before restarts the clock: one dropped and listed again
+        // (say, unreachable through a failed hole punch) must not keep a download waiting
+        // forever.
+        if new > 0 && from_tracker && !had_active {
             dl.last_progress = Instant::now();
         }
         if !added.is_empty() {
@@ -511,10 +533,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         else {
             return;
         };
-        let failure = if matches!(error, OutboundFailure::Timeout) {
-            Failure::Timeout
-        } else {
-            Failure::Fatal
+        let failure = match error {
+            OutboundFailure::Timeout => Failure::Timeout,
+            OutboundFailure::ConnectionClosed if self.connections.data_path(&peer).is_some() => {
+                Failure::Retry
+            }
+            _ => Failure::Fatal,
         };
         self.on_request_failed(id, peer, want, failure, &error);
     }
@@ -570,12 +594,62 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 }
                 false
             }
+            Failure::Retry => {
+                if let Want::Manifest = want {
+                    p.asked_manifest = false;
+                }
+                false
+            }
         };
         if drop_it {
             self.drop_provider(id, peer, why);
         }
         self.request_manifest(id);
         self.schedule(id);
+    }
+
+    /// `peer` may now carry pieces (connected, or its hole was punched): fill its windows.
+    pub(crate) fn on_peer_ready(&mut self, peer: PeerId) {
+        let ids: Vec<DownloadId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.schedule(id);
+        }
+    }
+
+    /// A provider we reach only through a relay that carries no file data could not be
+    /// reached directly (the hole punch failed or never came): it is dropped, with the reason
+    /// spelled out. A later lookup may re-admit it and try again.
+    pub(crate) fn on_hole_punch_failed(&mut self, peer: PeerId, why: &str) {
+        let Some(relay) = self.connections.only_signalling_relay(&peer) else {
+            return;
+        };
+        let limit = relay.and_then(|r| self.connections.relay_limit_of(&r));
+        let reason = match limit {
+            Some(bytes) => format!(
+                "reachable only through the tracker's relay, and hole punching failed ({why}); \
+                 the relay carries at most {bytes} bytes per circuit, too little for file data \
+                 (a tracker started with --relay-data relays it)"
+            ),
+            None => format!(
+                "reachable only through a relay that does not carry file data, and hole \
+                 punching failed ({why})"
+            ),
+        };
+        let ids: Vec<DownloadId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.drop_provider(id, peer, &reason);
+            self.schedule(id);
+        }
     }
 
     /// Drops `peer` for this download: its requests' pieces go back to the picker.
@@ -599,6 +673,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         }
         warn!(%peer, file = ?dl.file, reason = %why, "provider dropped");
+        dl.last_problem = Some(format!("{peer}: {why}"));
         if let Some(file) = dl.file {
             self.emit(Event::ProviderDropped {
                 file,

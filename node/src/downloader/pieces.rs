@@ -116,6 +116,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         else {
             return;
         };
+        if let Some(p) = dl.providers.get_mut(&peer) {
+            p.path = self.connections.data_path(&peer).or(p.path);
+        }
         if picker.has(piece) {
             // An endgame copy that lost the race: drop it.
             if let Some(p) = dl.providers.get_mut(&peer) {
@@ -281,7 +284,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     /// Fills every provider's window: rarest missing pieces first, then endgame duplicates.
-    pub(super) fn schedule(&mut self, id: DownloadId) {
+    pub(crate) fn schedule(&mut self, id: DownloadId) {
         let max_in_flight = self.config.max_in_flight;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
@@ -298,10 +301,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let file = *file;
         let mut total: usize = providers.values().map(|p| p.in_flight.len()).sum();
         // Fill the emptiest windows first so a cap on the total spreads over providers.
-        let mut order: Vec<(&PeerId, &mut Provider)> = providers
-            .iter_mut()
-            .filter(|(_, p)| !p.dropped && !p.backoff && p.have.is_some())
-            .collect();
+        let connections = &self.connections;
+        let mut order: Vec<(&PeerId, &mut Provider)> = Vec::new();
+        for (peer, p) in providers.iter_mut() {
+            if p.dropped || p.backoff || p.have.is_none() {
+                continue;
+            }
+            // Pieces go only over a connection that can carry them: not before the peer is
+            // connected (the dial may end up relayed), nor over a relay meant for hole
+            // punching only.
+            if connections.data_path(peer).is_some() {
+                order.push((peer, p));
+            } else if !connections.is_connected(peer) && p.in_flight.is_empty() {
+                let opts = DialOpts::peer_id(*peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                // Fails harmlessly when already dialing.
+                let _ = self.swarm.dial(opts);
+            }
+        }
         order.sort_by_key(|(_, p)| p.in_flight.len());
         for (peer, p) in order {
             let Some(have) = &p.have else { continue };

@@ -1,0 +1,297 @@
+//! How this node is connected to each peer: directly, through a hole punched by DCUtR, or
+//! through a relay circuit; and whether a connection may carry file data.
+//!
+//! A relay that limits its circuits to a few hundred KiB (the libp2p default) is there to
+//! coordinate hole punching, not to carry pieces: a piece request on such a circuit would
+//! exhaust it and kill the connection. Pieces therefore go only over connections that
+//! [`Connections::data_path`] names.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
+
+use libp2p::{multiaddr::Protocol, swarm::ConnectionId, Multiaddr, PeerId};
+use serde::Serialize;
+
+/// A relay whose circuits carry fewer bytes than this is for hole punching only.
+pub const MIN_RELAY_DATA_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most hole-punch results remembered before their connection is reported established.
+const MAX_PENDING_PUNCHES: usize = 64;
+
+/// The transport under a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP (Noise, Yamux).
+    Tcp,
+    /// QUIC.
+    Quic,
+    /// Anything else (an extension's transport).
+    Other,
+}
+
+/// How pieces reach us from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "transport", rename_all = "kebab-case")]
+pub enum Path {
+    /// A connection one side dialed directly.
+    Direct(Transport),
+    /// A direct connection opened by hole punching (DCUtR) from a relayed one.
+    HolePunched(Transport),
+    /// Through a relay circuit.
+    Relayed,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+            Transport::Other => "other",
+        })
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Direct(t) => write!(f, "direct ({t})"),
+            Path::HolePunched(t) => write!(f, "hole-punched ({t})"),
+            Path::Relayed => f.write_str("relayed"),
+        }
+    }
+}
+
+/// The relay peer of a circuit address (`.../p2p/RELAY/p2p-circuit/...`), if it is one.
+pub(crate) fn circuit_relay(addr: &Multiaddr) -> Option<Option<PeerId>> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return Some(relay),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn transport_of(addr: &Multiaddr) -> Transport {
+    for p in addr.iter() {
+        match p {
+            Protocol::QuicV1 | Protocol::Quic => return Transport::Quic,
+            Protocol::Tcp(_) => return Transport::Tcp,
+            _ => {}
+        }
+    }
+    Transport::Other
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnectionId,
+    path: Path,
+    /// The relay, for a relayed connection (when its address names it).
+    relay: Option<PeerId>,
+}
+
+/// Every live connection's path, and what each relay allows through.
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    peers: HashMap<PeerId, Vec<Conn>>,
+    /// Bytes a circuit through this relay may carry (`None`: no limit).
+    relay_limits: HashMap<PeerId, Option<u64>>,
+    /// Hole-punched connections DCUtR reported before the swarm did.
+    punched: HashSet<ConnectionId>,
+}
+
+impl Connections {
+    pub(crate) fn established(&mut self, peer: PeerId, id: ConnectionId, remote: &Multiaddr) {
+        let (path, relay) = match circuit_relay(remote) {
+            Some(relay) => (Path::Relayed, relay),
+            None if self.punched.remove(&id) => (Path::HolePunched(transport_of(remote)), None),
+            None => (Path::Direct(transport_of(remote)), None),
+        };
+        self.peers
+            .entry(peer)
+            .or_default()
+            .push(Conn { id, path, relay });
+    }
+
+    pub(crate) fn closed(&mut self, peer: PeerId, id: ConnectionId) {
+        if let Some(conns) = self.peers.get_mut(&peer) {
+            conns.retain(|c| c.id != id);
+            if conns.is_empty() {
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    /// DCUtR opened `id` to `peer`.
+    pub(crate) fn hole_punched(&mut self, peer: PeerId, id: ConnectionId) {
+        let conns = self.peers.entry(peer).or_default();
+        match conns.iter_mut().find(|c| c.id == id) {
+            Some(c) => {
+                if let Path::Direct(t) = c.path {
+                    c.path = Path::HolePunched(t);
+                }
+            }
+            None => {
+                if self.punched.len() >= MAX_PENDING_PUNCHES {
+                    self.punched.clear();
+                }
+                self.punched.insert(id);
+            }
+        }
+    }
+
+    /// The relayed connections to `peer` when it also has a direct one (the caller closes
+    /// them, so requests use the direct one).
+    pub(crate) fn relayed_if_direct(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        let Some(conns) = self.peers.get(peer) else {
+            return Vec::new();
+        };
+        if !conns.iter().any(|c| c.path != Path::Relayed) {
+            return Vec::new();
+        }
+        conns
+            .iter()
+            .filter(|c| c.path == Path::Relayed)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// A circuit through `relay` was opened with this byte limit (`Some(0)` is unlimited).
+    pub(crate) fn relay_limit(&mut self, relay: PeerId, data_in_bytes: Option<u64>) {
+        self.relay_limits
+            .insert(relay, data_in_bytes.filter(|&bytes| bytes > 0));
+    }
+
+    /// The byte limit of circuits through `relay`, when known and limited.
+    pub(crate) fn relay_limit_of(&self, relay: &PeerId) -> Option<u64> {
+        self.relay_limits.get(relay).copied().flatten()
+    }
+
+    fn carries_data(&self, c: &Conn) -> bool {
+        match c.path {
+            Path::Relayed => c
+                .relay
+                .and_then(|r| self.relay_limits.get(&r))
+                .is_some_and(|limit| limit.is_none_or(|bytes| bytes >= MIN_RELAY_DATA_BYTES)),
+            _ => true,
+        }
+    }
+
+    pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// The best connection to `peer` for pieces: direct or hole-punched first, then a relay
+    /// that carries data. `None` when not connected, or only through hole-punching relays.
+    pub(crate) fn data_path(&self, peer: &PeerId) -> Option<Path> {
+        let conns = self.peers.get(peer)?;
+        conns
+            .iter()
+            .find(|c| c.path != Path::Relayed)
+            .or_else(|| conns.iter().find(|c| self.carries_data(c)))
+            .map(|c| c.path)
+    }
+
+    /// Connected to `peer` only through relays that do not carry data: the relay through which
+    /// (for the error message), if so.
+    pub(crate) fn only_signalling_relay(&self, peer: &PeerId) -> Option<Option<PeerId>> {
+        let conns = self.peers.get(peer)?;
+        if conns
+            .iter()
+            .any(|c| c.path != Path::Relayed || self.carries_data(c))
+        {
+            return None;
+        }
+        conns.first().map(|c| c.relay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    fn circuit(relay: PeerId, dst: PeerId) -> Multiaddr {
+        addr("/ip4/198.18.0.10/tcp/7000")
+            .with(Protocol::P2p(relay))
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(dst))
+    }
+
+    #[test]
+    fn direct_connections_carry_data() {
+        let mut c = Connections::default();
+        let peer = PeerId::random();
+        let id = ConnectionId::new_unchecked(1);
+        assert_eq!(c.data_path(&peer), None);
+        c.established(peer, id, &addr("/ip4/127.0.0.1/udp/4001/quic-v1"));
+        assert_eq!(c.data_path(&peer), Some(Path::Direct(Transport::Quic)));
+        c.closed(peer, id);
+        assert_eq!(c.data_path(&peer), None);
+        assert!(!c.is_connected(&peer));
+    }
+
+    #[test]
+    fn a_limited_relay_carries_no_data_until_the_hole_is_punched() {
+        let mut c = Connections::default();
+        let (peer, relay) = (PeerId::random(), PeerId::random());
+        let relayed = ConnectionId::new_unchecked(1);
+        c.established(peer, relayed, &circuit(relay, peer));
+        // Limit not known yet: not trusted with data.
+        assert_eq!(c.data_path(&peer), None);
+        assert_eq!(c.only_signalling_relay(&peer), Some(Some(relay)));
+        c.relay_limit(relay, Some(128 * 1024));
+        assert_eq!(c.data_path(&peer), None);
+        assert_eq!(c.relay_limit_of(&relay), Some(128 * 1024));
+
+        // DCUtR reports before the swarm does.
+        let direct = ConnectionId::new_unchecked(2);
+        c.hole_punched(peer, direct);
+        assert!(c.relayed_if_direct(&peer).is_empty());
+        c.established(peer, direct, &addr("/ip4/198.18.0.2/tcp/4001"));
+        assert_eq!(c.relayed_if_direct(&peer), vec![relayed]);
+        assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Tcp)));
+        assert_eq!(c.only_signalling_relay(&peer), None);
+    }
+
+    #[test]
+    fn hole_punch_reported_after_the_connection() {
+        let mut c = Connections::default();
+        let peer = PeerId::random();
+        let direct = ConnectionId::new_unchecked(7);
+        c.established(peer, direct, &addr("/ip4/198.18.0.2/udp/4001/quic-v1"));
+        c.hole_punched(peer, direct);
+        assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Quic)));
+    }
+
+    #[test]
+    fn an_unlimited_relay_carries_data() {
+        let mut c = Connections::default();
+        let (peer, relay) = (PeerId::random(), PeerId::random());
+        c.established(peer, ConnectionId::new_unchecked(1), &circuit(relay, peer));
+        c.relay_limit(relay, Some(0));
+        assert_eq!(c.data_path(&peer), Some(Path::Relayed));
+        assert_eq!(c.relay_limit_of(&relay), None);
+        c.relay_limit(relay, Some(MIN_RELAY_DATA_BYTES));
+        assert_eq!(c.data_path(&peer), Some(Path::Relayed));
+    }
+
+    #[test]
+    fn circuit_addresses_are_recognised() {
+        let relay = PeerId::random();
+        assert_eq!(
+            circuit_relay(&circuit(relay, PeerId::random())),
+            Some(Some(relay))
+        );
+        assert_eq!(circuit_relay(&addr("/ip4/1.2.3.4/tcp/1")), None);
+    }
+}
