@@ -107,10 +107,19 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    /// A connection is up. A direct one to a peer we are connected to through a relay is the
+    /// fruit of DCUtR even when DCUtR names another connection: with QUIC both sides dial, and
+    /// the connection that wins may be the other side's (inbound here).
     pub(crate) fn established(&mut self, peer: PeerId, id: ConnectionId, remote: &Multiaddr) {
+        let relayed_now = self
+            .peers
+            .get(&peer)
+            .is_some_and(|conns| conns.iter().any(|c| c.path == Path::Relayed));
         let (path, relay) = match circuit_relay(remote) {
             Some(relay) => (Path::Relayed, relay),
-            None if self.punched.remove(&id) => (Path::HolePunched(transport_of(remote)), None),
+            None if self.punched.remove(&id) || relayed_now => {
+                (Path::HolePunched(transport_of(remote)), None)
+            }
             None => (Path::Direct(transport_of(remote)), None),
         };
         self.peers
@@ -261,6 +270,20 @@ mod tests {
         assert_eq!(c.relayed_if_direct(&peer), vec![relayed]);
         assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Tcp)));
         assert_eq!(c.only_signalling_relay(&peer), None);
+    }
+
+    #[test]
+    fn a_direct_connection_next_to_a_relayed_one_is_a_hole_punch() {
+        let mut c = Connections::default();
+        let (peer, relay) = (PeerId::random(), PeerId::random());
+        c.established(peer, ConnectionId::new_unchecked(1), &circuit(relay, peer));
+        // The other side's QUIC dial won: an inbound connection DCUtR did not name.
+        c.established(
+            peer,
+            ConnectionId::new_unchecked(2),
+            &addr("/ip4/198.18.0.2/udp/4001/quic-v1"),
+        );
+        assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Quic)));
     }
 
     #[test]
