@@ -414,7 +414,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 let remote = endpoint.get_remote_address();
                 debug!(peer = %peer_id, addr = %remote, "connected");
                 self.on_tracker_connected(peer_id, connection_id, remote);
-                self.on_connection_established(peer_id, connection_id, remote);
+                self.on_connection_established(peer_id, connection_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -440,6 +440,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 if matches!(&self.tracker, TrackerLink::Dialing { connection, .. } if *connection == connection_id)
                 {
                     self.tracker_dial_failed(dial_error_summary(&error));
+                } else if let Some(peer) = peer_id {
+                    self.on_provider_dial_failed(peer, &dial_error_summary(&error));
                 }
             }
             _ => {}
@@ -580,13 +582,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 complete: h.download.is_none(),
             }))
             .collect();
-        let addrs: Vec<Multiaddr> = self
+        // Circuit and confirmed external addresses first: the announce keeps only so many, and
+        // a host with many interfaces must not crowd out the way to reach it through its NAT.
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        let circuits = self
             .listen_addrs
             .iter()
-            .chain(self.swarm.external_addresses())
-            .take(tracker::MAX_ANNOUNCE_ADDRS)
-            .cloned()
-            .collect();
+            .filter(|a| crate::paths::circuit_relay(a).is_some());
+        let rest = self
+            .listen_addrs
+            .iter()
+            .filter(|a| crate::paths::circuit_relay(a).is_none());
+        for addr in circuits.chain(self.swarm.external_addresses()).chain(rest) {
+            if addrs.len() == tracker::MAX_ANNOUNCE_ADDRS {
+                break;
+            }
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
         self.next_announce = Some(Instant::now() + self.announce_interval);
         // Announces are additive at the tracker, so a large share goes in several.
         let mut chunks: Vec<Vec<AnnouncedFile>> = files

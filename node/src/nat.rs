@@ -12,7 +12,12 @@
 use std::time::{Duration, Instant};
 
 use libp2p::{
-    autonat, core::transport::ListenerId, dcutr, multiaddr::Protocol, relay, swarm::ConnectionId,
+    autonat,
+    core::{transport::ListenerId, ConnectedPoint},
+    dcutr,
+    multiaddr::Protocol,
+    relay,
+    swarm::ConnectionId,
     Multiaddr, PeerId,
 };
 use tracing::{debug, info, warn};
@@ -207,9 +212,9 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
         &mut self,
         peer: PeerId,
         id: ConnectionId,
-        remote: &Multiaddr,
+        point: &ConnectedPoint,
     ) {
-        self.connections.established(peer, id, remote);
+        self.connections.established(peer, id, point);
         if self.connections.data_path(&peer).is_some() {
             self.close_relayed_if_direct(peer);
             self.on_peer_ready(peer);
@@ -252,6 +257,11 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
             }
             relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
                 debug!(peer = %src_peer_id, ?limit, "inbound circuit");
+                // Inbound circuits come through our reservation, at the tracker.
+                if let TrackerLink::Connected(relay) = self.tracker {
+                    self.connections
+                        .relay_limit(relay, limit.and_then(|l| l.data_in_bytes()));
+                }
             }
         }
     }

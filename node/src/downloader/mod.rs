@@ -44,7 +44,7 @@ use libp2p::{
     request_response::{OutboundFailure, OutboundRequestId},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
-        NetworkBehaviour,
+        DialError, NetworkBehaviour,
     },
     PeerId,
 };
@@ -349,7 +349,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let mut added = Vec::new();
         let mut new = 0;
         for provider in providers.into_iter().filter(|p| p.peer != local) {
-            for addr in provider.addrs {
+            for addr in crate::paths::prefer_tcp(provider.addrs) {
                 self.swarm.add_peer_address(provider.peer, addr);
             }
             let slot = dl.providers.entry(provider.peer);
@@ -464,11 +464,27 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let (Some(file), Phase::Manifest, false) = (dl.file, &dl.phase, dl.manifest_pending) else {
             return;
         };
-        let Some((peer, state)) = dl
-            .providers
-            .iter_mut()
-            .find(|(_, p)| !p.dropped && !p.asked_manifest)
-        else {
+        // Like pieces, a manifest (32 bytes per piece) goes only over a connection that
+        // carries data: a big one would exhaust a hole-punching relay's circuit.
+        let connections = &self.connections;
+        let mut unconnected = Vec::new();
+        let mut chosen = None;
+        for (peer, p) in dl.providers.iter_mut() {
+            if p.dropped || p.asked_manifest {
+                continue;
+            }
+            if connections.data_path(peer).is_some() {
+                chosen = Some((peer, p));
+                break;
+            }
+            if !connections.is_connected(peer) {
+                unconnected.push(*peer);
+            }
+        }
+        let Some((peer, state)) = chosen else {
+            for peer in unconnected {
+                self.dial_provider(peer);
+            }
             return;
         };
         state.asked_manifest = true;
@@ -608,7 +624,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         self.schedule(id);
     }
 
-    /// `peer` may now carry pieces (connected, or its hole was punched): fill its windows.
+    /// `peer` may now carry pieces (connected, or its hole was punched): ask it for the
+    /// manifest if one is wanted, and fill its windows.
     pub(crate) fn on_peer_ready(&mut self, peer: PeerId) {
         let ids: Vec<DownloadId> = self
             .downloads
@@ -617,6 +634,38 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
+            self.request_manifest(id);
+            self.schedule(id);
+        }
+    }
+
+    /// Dials a provider that is not connected (a no-op while a dial to it is under way).
+    pub(crate) fn dial_provider(&mut self, peer: PeerId) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(error) => self.on_provider_dial_failed(peer, &error.to_string()),
+        }
+    }
+
+    /// A dial to `peer` failed and no connection to it is left: it is dropped from every
+    /// download (a later lookup may list it again).
+    pub(crate) fn on_provider_dial_failed(&mut self, peer: PeerId, why: &str) {
+        if self.connections.is_connected(&peer) {
+            return;
+        }
+        let ids: Vec<DownloadId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
+            .map(|(id, _)| *id)
+            .collect();
+        let reason = format!("cannot dial: {why}");
+        for id in ids {
+            self.drop_provider(id, peer, &reason);
+            self.request_manifest(id);
             self.schedule(id);
         }
     }
@@ -649,6 +698,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         for id in ids {
             self.drop_provider(id, peer, &reason);
             self.schedule(id);
+        }
+        // A fresh relayed connection (after a re-lookup) gives DCUtR a fresh try.
+        for conn in self.connections.relayed(&peer) {
+            self.swarm.close_connection(conn);
         }
     }
 

@@ -302,6 +302,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let mut total: usize = providers.values().map(|p| p.in_flight.len()).sum();
         // Fill the emptiest windows first so a cap on the total spreads over providers.
         let connections = &self.connections;
+        let mut to_dial = Vec::new();
         let mut order: Vec<(&PeerId, &mut Provider)> = Vec::new();
         for (peer, p) in providers.iter_mut() {
             if p.dropped || p.backoff || p.have.is_none() {
@@ -313,11 +314,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             if connections.data_path(peer).is_some() {
                 order.push((peer, p));
             } else if !connections.is_connected(peer) && p.in_flight.is_empty() {
-                let opts = DialOpts::peer_id(*peer)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
-                // Fails harmlessly when already dialing.
-                let _ = self.swarm.dial(opts);
+                to_dial.push(*peer);
             }
         }
         order.sort_by_key(|(_, p)| p.in_flight.len());
@@ -363,6 +360,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 );
                 p.in_flight.insert(piece);
             }
+        }
+        for peer in to_dial {
+            self.dial_provider(peer);
         }
     }
 }
