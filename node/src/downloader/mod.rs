@@ -624,15 +624,19 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         self.schedule(id);
     }
 
-    /// `peer` may now carry pieces (connected, or its hole was punched): ask it for the
-    /// manifest if one is wanted, and fill its windows.
-    pub(crate) fn on_peer_ready(&mut self, peer: PeerId) {
-        let ids: Vec<DownloadId> = self
-            .downloads
+    /// Downloads that count `peer` as a (not dropped) provider.
+    fn downloads_using(&self, peer: PeerId) -> Vec<DownloadId> {
+        self.downloads
             .iter()
             .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
             .map(|(id, _)| *id)
-            .collect();
+            .collect()
+    }
+
+    /// `peer` may now carry pieces (connected, or its hole was punched): ask it for the
+    /// manifest if one is wanted, and fill its windows.
+    pub(crate) fn on_peer_ready(&mut self, peer: PeerId) {
+        let ids = self.downloads_using(peer);
         for id in ids {
             self.request_manifest(id);
             self.schedule(id);
@@ -656,12 +660,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if self.connections.is_connected(&peer) {
             return;
         }
-        let ids: Vec<DownloadId> = self
-            .downloads
-            .iter()
-            .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self.downloads_using(peer);
         let reason = format!("cannot dial: {why}");
         for id in ids {
             self.drop_provider(id, peer, &reason);
@@ -689,12 +688,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                  punching failed ({why})"
             ),
         };
-        let ids: Vec<DownloadId> = self
-            .downloads
-            .iter()
-            .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self.downloads_using(peer);
         for id in ids {
             self.drop_provider(id, peer, &reason);
             self.schedule(id);
