@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use bitswarm_protocols::{quic_twin, tcp_port};
 use libp2p::{
     autonat,
     core::{transport::ListenerId, ConnectedPoint},
@@ -40,8 +41,6 @@ pub(crate) struct NatState {
     tcp_listeners: Vec<(ListenerId, Multiaddr)>,
     /// The circuit listener at the tracker's relay.
     reservation: Option<ListenerId>,
-    /// The reservation was accepted (the circuit address is live).
-    reserved: bool,
     next_reservation: Instant,
     reservation_backoff: Duration,
     /// AutoNAT confirmed a public address.
@@ -54,37 +53,11 @@ impl NatState {
             pending_listeners: tcp_listeners.iter().map(|(id, _)| *id).collect(),
             tcp_listeners,
             reservation: None,
-            reserved: false,
             next_reservation: Instant::now(),
             reservation_backoff: MIN_RETRY,
             public: false,
         }
     }
-}
-
-/// `/ip4/A/tcp/P` -> `/ip4/A/udp/P/quic-v1` (with the port TCP actually bound).
-fn quic_twin(tcp: &Multiaddr, port: u16) -> Option<Multiaddr> {
-    let mut out = Multiaddr::empty();
-    let mut saw_tcp = false;
-    for p in tcp.iter() {
-        match p {
-            Protocol::Tcp(_) if !saw_tcp => {
-                saw_tcp = true;
-                out.push(Protocol::Udp(port));
-                out.push(Protocol::QuicV1);
-            }
-            Protocol::Ip4(_) | Protocol::Ip6(_) if !saw_tcp => out.push(p),
-            _ => return None,
-        }
-    }
-    saw_tcp.then_some(out)
-}
-
-fn tcp_port(addr: &Multiaddr) -> Option<u16> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Tcp(port) => Some(port),
-        _ => None,
-    })
 }
 
 /// The address to listen on for a reservation at `tracker`: its transport address, then
@@ -158,7 +131,6 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
         if Some(listener) == self.nat.reservation {
             warn!(%reason, "relay reservation at the tracker closed; will reserve again");
             self.nat.reservation = None;
-            self.nat.reserved = false;
             self.nat.next_reservation = Instant::now() + self.nat.reservation_backoff;
             self.nat.reservation_backoff = (self.nat.reservation_backoff * 2).min(MAX_RETRY);
         } else {
@@ -240,7 +212,6 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
                 if !renewal {
                     info!(relay = %relay_peer_id, ?limit, "relay reservation accepted");
                 }
-                self.nat.reserved = true;
                 self.nat.reservation_backoff = MIN_RETRY;
             }
             relay::client::Event::OutboundCircuitEstablished {
@@ -291,7 +262,6 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
         if self.nat.public {
             if let Some(id) = self.nat.reservation.take() {
                 info!("publicly reachable: giving up the relay reservation");
-                self.nat.reserved = false;
                 self.swarm.remove_listener(id);
                 if self.registers() {
                     self.announce();
@@ -306,19 +276,6 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quic_listens_on_the_tcp_port() {
-        let tcp: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().unwrap();
-        assert_eq!(
-            quic_twin(&tcp, 4001),
-            Some("/ip4/0.0.0.0/udp/4001/quic-v1".parse().unwrap())
-        );
-        let ws: Multiaddr = "/ip4/0.0.0.0/tcp/0/ws".parse().unwrap();
-        assert_eq!(quic_twin(&ws, 4001), None);
-        let quic: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap();
-        assert_eq!(quic_twin(&quic, 4001), None);
-    }
 
     #[test]
     fn reservation_address_names_the_tracker_once() {

@@ -6,19 +6,13 @@
 //! exhaust it and kill the connection. Pieces therefore go only over connections that
 //! [`Connections::data_path`] names.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fmt,
-};
+use std::{collections::HashMap, fmt};
 
 use libp2p::{core::ConnectedPoint, multiaddr::Protocol, swarm::ConnectionId, Multiaddr, PeerId};
 use serde::Serialize;
 
 /// A relay whose circuits carry fewer bytes than this is for hole punching only.
 pub const MIN_RELAY_DATA_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Most hole-punch results remembered before their connection is reported established.
-const MAX_PENDING_PUNCHES: usize = 64;
 
 /// The transport under a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -127,8 +121,6 @@ pub(crate) struct Connections {
     peers: HashMap<PeerId, Vec<Conn>>,
     /// Bytes a circuit through this relay may carry (`None`: no limit).
     relay_limits: HashMap<PeerId, Option<u64>>,
-    /// Hole-punched connections DCUtR reported before the swarm did.
-    punched: HashSet<ConnectionId>,
 }
 
 impl Connections {
@@ -151,9 +143,7 @@ impl Connections {
         };
         let (path, relay) = match circuit {
             Some(relay) => (Path::Relayed, relay),
-            None if self.punched.remove(&id) || relayed_now => {
-                (Path::HolePunched(transport_of(remote)), None)
-            }
+            None if relayed_now => (Path::HolePunched(transport_of(remote)), None),
             None => (Path::Direct(transport_of(remote)), None),
         };
         self.peers
@@ -173,21 +163,15 @@ impl Connections {
 
     /// DCUtR opened `id` to `peer`.
     pub(crate) fn hole_punched(&mut self, peer: PeerId, id: ConnectionId) {
-        match self
+        // The swarm reports the connection before DCUtR does; a connection DCUtR names that
+        // is unknown here was closed already.
+        if let Some(c) = self
             .peers
             .get_mut(&peer)
             .and_then(|conns| conns.iter_mut().find(|c| c.id == id))
         {
-            Some(c) => {
-                if let Path::Direct(t) = c.path {
-                    c.path = Path::HolePunched(t);
-                }
-            }
-            None => {
-                if self.punched.len() >= MAX_PENDING_PUNCHES {
-                    self.punched.clear();
-                }
-                self.punched.insert(id);
+            if let Path::Direct(t) = c.path {
+                c.path = Path::HolePunched(t);
             }
         }
     }
@@ -195,17 +179,15 @@ impl Connections {
     /// The relayed connections to `peer` when it also has a direct one (the caller closes
     /// them, so requests use the direct one).
     pub(crate) fn relayed_if_direct(&self, peer: &PeerId) -> Vec<ConnectionId> {
-        let Some(conns) = self.peers.get(peer) else {
-            return Vec::new();
-        };
-        if !conns.iter().any(|c| c.path != Path::Relayed) {
-            return Vec::new();
+        let direct = self
+            .peers
+            .get(peer)
+            .is_some_and(|conns| conns.iter().any(|c| c.path != Path::Relayed));
+        if direct {
+            self.relayed(peer)
+        } else {
+            Vec::new()
         }
-        conns
-            .iter()
-            .filter(|c| c.path == Path::Relayed)
-            .map(|c| c.id)
-            .collect()
     }
 
     /// A circuit through `relay` was opened with this byte limit (`Some(0)` is unlimited).

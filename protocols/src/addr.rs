@@ -55,9 +55,52 @@ pub fn parse_addr(input: &str) -> Result<Multiaddr, AddrError> {
         .with(Protocol::Tcp(port)))
 }
 
+/// The TCP port of `addr`, if it has one.
+pub fn tcp_port(addr: &Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(port),
+        _ => None,
+    })
+}
+
+/// The QUIC address on the same IP and `port` as a TCP one: `/ip4/A/tcp/_` ->
+/// `/ip4/A/udp/PORT/quic-v1`. `None` for anything but `/ip4|ip6/A/tcp/P`.
+pub fn quic_twin(tcp: &Multiaddr, port: u16) -> Option<Multiaddr> {
+    let mut it = tcp.iter();
+    let ip = it
+        .next()
+        .filter(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))?;
+    if !matches!(it.next(), Some(Protocol::Tcp(_))) || it.next().is_some() {
+        return None;
+    }
+    Some(
+        Multiaddr::empty()
+            .with(ip)
+            .with(Protocol::Udp(port))
+            .with(Protocol::QuicV1),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quic_listens_on_the_tcp_port() {
+        let tcp: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().unwrap();
+        assert_eq!(
+            quic_twin(&tcp, 4001),
+            Some("/ip4/0.0.0.0/udp/4001/quic-v1".parse().unwrap())
+        );
+        let ws: Multiaddr = "/ip4/0.0.0.0/tcp/0/ws".parse().unwrap();
+        assert_eq!(quic_twin(&ws, 4001), None);
+        let quic: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap();
+        assert_eq!(quic_twin(&quic, 4001), None);
+        assert_eq!(
+            tcp_port(&"/ip4/1.2.3.4/tcp/7000".parse().unwrap()),
+            Some(7000)
+        );
+    }
 
     #[test]
     fn prototype_forms_and_multiaddrs_parse() {

@@ -24,7 +24,7 @@ pub mod tracker;
 pub mod transfer;
 mod types;
 
-pub use addr::{parse_addr, AddrError};
+pub use addr::{parse_addr, quic_twin, tcp_port, AddrError};
 pub use codec::{tracker_codec, TrackerCodec, TransferCodec};
 pub use collection::{Collection, CollectionEntry, CollectionError, RelPath};
 pub use error::{ErrorCode, ManifestError, TypeError};

@@ -3,14 +3,15 @@
 //! and `nft` (or fails, with `BITSWARM_NETLAB_REQUIRED=1`). Uses python3 as the TCP probe.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use bitswarm_tests::netlab::{self, Host, Lab, NatMode};
+use bitswarm_tests::{
+    netlab::{self, Host, Lab, NatMode},
+    Proc,
+};
 
 /// `serve PORT LIFE`: prints READY, then for each connection "FROM ip:port" (and sends it as
 /// "OBS ip:port"), until LIFE seconds passed. `try HOST PORT TIMEOUT`: prints CONNECTED <line>,
@@ -35,54 +36,14 @@ else:
     except OSError as e: out("ERROR:" + (os.strerror(e.errno) if e.errno else str(e)))
 "#;
 
-/// A probe server in `host`, ended on drop; its stdout lines arrive on `lines`.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(lab: &Lab, host: Host, port: u16) -> anyhow::Result<Server> {
-        let mut child = lab
-            .command(host, "python3")
-            .args(["-c", PROBE_PY, "serve", &port.to_string(), "12"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning probe server")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server { child, lines };
-        server.wait_line("READY", Duration::from_secs(5))?;
-        Ok(server)
-    }
-
-    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return Ok(line),
-                Ok(_) => continue,
-                Err(e) => bail!("no line starting with {prefix:?} from probe server: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a probe server in `host` (the harness's [`Proc`]: ended on drop, stdout lines
+/// readable with `wait_line`) and waits until it listens.
+fn start_server(lab: &Lab, host: Host, port: u16) -> anyhow::Result<Proc> {
+    let mut cmd = lab.command(host, "python3");
+    cmd.args(["-c", PROBE_PY, "serve", &port.to_string(), "12"]);
+    let mut server = Proc::spawn(cmd, &std::env::temp_dir()).context("spawning probe server")?;
+    server.wait_line("READY", Duration::from_secs(5))?;
+    Ok(server)
 }
 
 /// Runs the `try` probe in `from`'s namespace (`ip netns exec NS ...`).
@@ -111,7 +72,7 @@ fn lab_builds_and_nats() -> anyhow::Result<()> {
     eprintln!("lab up in {:?}", t0.elapsed());
     {
         // Outbound: a1 -> pub1 works, and pub1 sees natA's WAN address.
-        let mut pub1 = Server::start(&lab, Host::Pub1, 7000)?;
+        let mut pub1 = start_server(&lab, Host::Pub1, 7000)?;
         let got = try_connect(lab.command(Host::A1, "python3"), netlab::PUB1_IP, 7000, 3.0)?;
         eprintln!("a1 -> pub1: {got}");
         if !got.starts_with(&format!("CONNECTED OBS {}:", netlab::NATA_WAN_IP)) {
@@ -124,7 +85,7 @@ fn lab_builds_and_nats() -> anyhow::Result<()> {
         }
 
         // Inbound: a1 listens (control: its router reaches it), pub1 cannot reach it.
-        let _a1 = Server::start(&lab, Host::A1, 8000)?;
+        let _a1 = start_server(&lab, Host::A1, 8000)?;
         let mut nat_a = Command::new("ip");
         nat_a.args(["netns", "exec", "bswt-natA", "python3"]);
         let got = try_connect(nat_a, netlab::A1_IP, 8000, 2.0)?;

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitswarm_protocols::tracker::{LookupKey, Stats};
+use bitswarm_protocols::{
+    quic_twin, tcp_port,
+    tracker::{LookupKey, Stats},
+};
 use futures::{FutureExt, StreamExt};
 use libp2p::{
     autonat, identify,
@@ -89,7 +92,11 @@ impl Tracker {
                 },
             })?;
             pending.insert(id, addr.clone());
-            if let Some(quic) = config.quic.then(|| quic_twin(addr)).flatten() {
+            let fixed_port = tcp_port(addr).filter(|&port| port != 0);
+            if let Some(quic) = fixed_port
+                .filter(|_| config.quic)
+                .and_then(|port| quic_twin(addr, port))
+            {
                 // A fixed TCP port gets its QUIC twin at once; port 0 is left to TCP alone
                 // (the two would get different ports).
                 match swarm.listen_on(quic.clone()) {
@@ -341,26 +348,6 @@ fn handle_identify_event(event: identify::Event) {
         }
         other => trace!(event = ?other, "identify"),
     }
-}
-
-/// `/ip4/A/tcp/P` with a fixed port -> `/ip4/A/udp/P/quic-v1`.
-fn quic_twin(tcp: &Multiaddr) -> Option<Multiaddr> {
-    let mut it = tcp.iter();
-    let ip = it
-        .next()
-        .filter(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))?;
-    let Some(Protocol::Tcp(port)) = it.next() else {
-        return None;
-    };
-    if port == 0 || it.next().is_some() {
-        return None;
-    }
-    Some(
-        Multiaddr::empty()
-            .with(ip)
-            .with(Protocol::Udp(port))
-            .with(Protocol::QuicV1),
-    )
 }
 
 /// A listen address on a specific IP (not `0.0.0.0` or `::`): dialable as it is.
