@@ -15,9 +15,10 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    command::Command,
+    command::{Command, Get},
     error::{Error, GetError, Result},
     paths::Path,
+    place::{self, Dir, PlaceError},
 };
 
 /// A handle to a node's event loop. Cheap to clone; the loop stops when every clone is dropped.
@@ -36,6 +37,8 @@ pub struct SharedFile {
     pub name: FileName,
     /// Size in bytes.
     pub size: u64,
+    /// For a directory: entries left out (hidden names, links, special files).
+    pub skipped: usize,
 }
 
 /// A finished download.
@@ -57,6 +60,9 @@ pub struct Downloaded {
     pub resumed: u64,
     /// Bytes fetched from providers in this run.
     pub fetched: u64,
+    /// The file (every file of a collection) was already there, checked by hash: nothing was
+    /// fetched.
+    pub present: bool,
 }
 
 /// A provider that sent pieces of a download.
@@ -104,6 +110,9 @@ pub(crate) enum Outcome {
 
 /// Files of a collection fetched at once.
 pub const COLLECTION_PARALLELISM: usize = 4;
+/// Largest file or collection a get accepts unless told otherwise: 1 TiB, the most one file can
+/// be ([`bitswarm_protocols::MAX_PIECES`] pieces of [`bitswarm_protocols::MAX_PIECE_SIZE`]).
+pub const DEFAULT_MAX_SIZE: u64 = 1 << 40;
 
 /// What to get and where.
 #[derive(Debug, Clone)]
@@ -114,6 +123,29 @@ pub struct GetRequest {
     pub out_dir: PathBuf,
     /// For a collection: fetch only this file of it, into `out_dir`.
     pub file: Option<RelPath>,
+    /// The name to save under (a file, or a collection's directory) instead of the one asked
+    /// for or, for a get by id, the one the network gives (made safe).
+    pub name: Option<FileName>,
+    /// For a collection: add its files into an existing directory of that name. Without it a
+    /// collection is gathered in a temporary directory and renamed into place, never merged.
+    pub merge: bool,
+    /// Largest file (or collection, in total) accepted.
+    pub max_size: u64,
+}
+
+impl GetRequest {
+    /// A get of `key` into `out_dir` with the defaults: the name from the network made safe, no
+    /// merging, [`DEFAULT_MAX_SIZE`].
+    pub fn new(key: LookupKey, out_dir: impl Into<PathBuf>) -> Self {
+        GetRequest {
+            key,
+            out_dir: out_dir.into(),
+            file: None,
+            name: None,
+            merge: false,
+            max_size: DEFAULT_MAX_SIZE,
+        }
+    }
 }
 
 /// A download in progress: watch it, then wait for it.
@@ -170,7 +202,66 @@ impl Download {
     }
 }
 
+/// Runs `f` on a blocking task.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PlaceError> + Send + 'static,
+) -> Result<T, GetError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(GetError::Node(Error::NodeStopped)),
+    }
+}
+
+/// The directory `path`'s file goes into under `root`, each level created (or opened) without
+/// following links.
+fn entry_dir(root: &Dir, path: &RelPath) -> Result<Dir, PlaceError> {
+    let mut dir = root.clone();
+    let mut components: Vec<&str> = path.components().collect();
+    components.pop();
+    for name in components {
+        dir = dir.subdir(name, true)?.ok_or_else(|| PlaceError::NotOurs {
+            path: dir.join(name),
+        })?;
+    }
+    Ok(dir)
+}
+
+/// The last component of a collection path as a file name.
+fn entry_name(path: &RelPath) -> Result<FileName, GetError> {
+    let last = path.components().last().unwrap_or_default();
+    FileName::new(last).map_err(|_| GetError::NoSuchEntry {
+        id: FileId::of(b""),
+        path: path.to_string(),
+    })
+}
+
+/// Whether `root` holds every file of `collection` (checked by hash).
+fn holds_collection(root: &Dir, collection: &Collection) -> bool {
+    collection.entries().iter().all(|entry| {
+        let mut dir = root.clone();
+        let components: Vec<&str> = entry.path.components().collect();
+        let Some((last, parents)) = components.split_last() else {
+            return false;
+        };
+        for name in parents {
+            match dir.subdir(name, false) {
+                Ok(Some(sub)) => dir = sub,
+                _ => return false,
+            }
+        }
+        matches!(
+            place::present(&dir, last, &entry.id, entry.size),
+            Ok(Some(_))
+        )
+    })
+}
+
 /// Fetches the files of `collection` (or the one `request.file` names).
+///
+/// A whole collection is gathered in `.bitswarm-<id>.dir` (locked while this get runs) and
+/// renamed to its name when every file is in, so a directory under the final name is complete.
+/// An existing directory of that name is never merged into unless `request.merge`: if it holds
+/// every file already the get is done, otherwise it is refused.
 async fn fetch_collection(
     node: Client,
     collection: Arc<Collection>,
@@ -178,45 +269,100 @@ async fn fetch_collection(
     progress: Arc<watch::Sender<Progress>>,
     started: Instant,
 ) -> Result<Downloaded, GetError> {
-    let (entries, root) = match &request.file {
+    let id = collection.id();
+    let entries = match &request.file {
         Some(path) => {
             let entry = collection
                 .find(path)
                 .cloned()
                 .ok_or_else(|| GetError::NoSuchEntry {
-                    id: collection.id(),
+                    id,
                     path: path.to_string(),
                 })?;
-            (vec![entry], request.out_dir.clone())
+            vec![entry]
         }
-        None => (
-            collection.entries().to_vec(),
-            request.out_dir.join(collection.name().as_str()),
-        ),
+        None => collection.entries().to_vec(),
     };
-    let single = request.file.is_some();
     let total = entries.iter().fold(0u64, |t, e| t.saturating_add(e.size));
+    if total > request.max_size {
+        return Err(GetError::TooLarge {
+            id,
+            size: total,
+            max: request.max_size,
+        });
+    }
     progress.send_modify(|p| {
-        p.id = Some(collection.id());
+        p.id = Some(id);
         p.total = total;
     });
-    let target_of = |entry: &CollectionEntry| {
-        if single {
-            let last = entry
-                .path
-                .components()
-                .last()
-                .unwrap_or_default()
-                .to_owned();
-            root.join(last)
-        } else {
-            entry.path.join_onto(&root)
+    let out_path = request.out_dir.clone();
+    let out = blocking(move || Dir::open(&out_path)).await?;
+    let max_size = request.max_size;
+    if let Some(path) = &request.file {
+        let name = match &request.name {
+            Some(name) => name.clone(),
+            None => entry_name(path)?,
+        };
+        let entry = entries
+            .into_iter()
+            .next()
+            .ok_or_else(|| GetError::NoSuchEntry {
+                id,
+                path: path.to_string(),
+            })?;
+        let done = fetch_entry(&node, &entry, out, name, max_size).await?;
+        progress.send_modify(|p| p.done = total);
+        return Ok(Downloaded {
+            id,
+            elapsed: started.elapsed(),
+            ..done
+        });
+    }
+    let name = match &request.name {
+        Some(name) => name.clone(),
+        None => place::safe_name(collection.name(), &id),
+    };
+    let (gather, merge, c) = (out.clone(), request.merge, Arc::clone(&collection));
+    let name_ = name.clone();
+    let root = blocking(move || {
+        if merge {
+            let root = gather.subdir(name_.as_str(), true)?;
+            return Ok(root.map(|r| (r, false)));
         }
+        if let Some(existing) = gather.subdir(name_.as_str(), false)? {
+            if holds_collection(&existing, &c) {
+                return Ok(None);
+            }
+            return Err(PlaceError::Exists {
+                path: gather.join(name_.as_str()),
+            });
+        }
+        let temp = gather.subdir(&place::collection_temp_name(&c.id()), true)?;
+        temp.map(|t| t.try_lock().map(|()| (t, true))).transpose()
+    })
+    .await?;
+    let path = out.join(name.as_str());
+    let Some((root, temporary)) = root else {
+        progress.send_modify(|p| p.done = total);
+        return Ok(Downloaded {
+            id,
+            path,
+            size: total,
+            elapsed: started.elapsed(),
+            providers_used: 0,
+            sources: Vec::new(),
+            resumed: total,
+            fetched: 0,
+            present: true,
+        });
     };
     let fetch = |entry: CollectionEntry| {
-        let (node, progress, target) = (node.clone(), Arc::clone(&progress), target_of(&entry));
+        let (node, progress, root) = (node.clone(), Arc::clone(&progress), root.clone());
         async move {
-            let done = fetch_entry(&node, &entry, target).await?;
+            let rel = entry.path.clone();
+            let dir = blocking(move || entry_dir(&root, &rel)).await?;
+            let name = entry_name(&entry.path)?;
+            let done = fetch_entry(&node, &entry, dir, name, max_size).await?;
             progress.send_modify(|p| p.done = p.done.saturating_add(entry.size));
             Ok::<_, GetError>(done)
         }
@@ -233,13 +379,13 @@ async fn fetch_collection(
     for entry in repeats {
         fetched.push(fetch(entry).await?);
     }
+    if temporary {
+        let (out, name) = (out.clone(), name.clone());
+        blocking(move || place::finish_collection(&out, &root, &id, &name)).await?;
+    }
     Ok(Downloaded {
-        id: collection.id(),
-        path: if single {
-            fetched.first().map(|d| d.path.clone()).unwrap_or(root)
-        } else {
-            root
-        },
+        id,
+        path,
         size: total,
         elapsed: started.elapsed(),
         providers_used: fetched.iter().map(|d| d.providers_used).max().unwrap_or(0),
@@ -249,73 +395,48 @@ async fn fetch_collection(
             .collect(),
         resumed: fetched.iter().map(|d| d.resumed).sum(),
         fetched: fetched.iter().map(|d| d.fetched).sum(),
+        present: fetched.iter().all(|d| d.present),
     })
 }
 
-/// Fetches one entry of a collection to `target`. A file already there with the right hash (an
-/// earlier run got it) counts as resumed; one with other content is not overwritten.
+/// Fetches one entry of a collection into `dir` as `name`. A file already there with the right
+/// hash (an earlier run got it) counts as present; one with other content is not overwritten.
 async fn fetch_entry(
     node: &Client,
     entry: &CollectionEntry,
-    target: PathBuf,
+    dir: Dir,
+    name: FileName,
+    max_size: u64,
 ) -> Result<Downloaded, GetError> {
-    let io_err = |path: &std::path::Path, source| GetError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = target
-        .parent()
-        .map(std::path::Path::to_owned)
-        .unwrap_or_default();
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| io_err(&dir, e))?;
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| FileName::new(n).ok())
-        .ok_or_else(|| {
-            io_err(
-                &target,
-                std::io::Error::other("entry name is not a valid file name"),
-            )
-        })?;
-    if tokio::fs::try_exists(&target)
-        .await
-        .map_err(|e| io_err(&target, e))?
+    let (d, n, id, size) = (dir.clone(), name.clone(), entry.id, entry.size);
+    if blocking(move || place::present(&d, n.as_str(), &id, size))
+        .await?
+        .is_some()
     {
-        let path = target.clone();
-        let id = tokio::task::spawn_blocking(move || -> std::io::Result<FileId> {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_reader(std::fs::File::open(&path)?)?;
-            Ok(hasher.finalize().into())
-        })
-        .await
-        .map_err(|e| io_err(&target, std::io::Error::other(e)))?
-        .map_err(|e| io_err(&target, e))?;
-        if id != entry.id {
-            return Err(io_err(
-                &target,
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a different file exists"),
-            ));
-        }
         return Ok(Downloaded {
             id,
-            path: target,
-            size: entry.size,
+            path: dir.join(name.as_str()),
+            size,
             elapsed: Duration::ZERO,
             providers_used: 0,
             sources: Vec::new(),
-            resumed: entry.size,
+            resumed: size,
             fetched: 0,
+            present: true,
         });
     }
-    let request = GetRequest {
-        key: LookupKey::Id(entry.id),
-        out_dir: dir,
-        file: None,
+    let get = Get {
+        key: LookupKey::Id(id),
+        out_dir: dir.path().to_owned(),
+        dir: Some(dir),
+        name: Some(name),
+        max_size,
     };
-    node.get_named(request, Some(name)).await?.wait_file().await
+    let request = GetRequest {
+        max_size,
+        ..GetRequest::new(LookupKey::Id(id), get.out_dir.clone())
+    };
+    node.start(get, request).await?.wait_file().await
 }
 
 impl Client {
@@ -351,12 +472,7 @@ impl Client {
     /// # Errors
     /// [`Error::NodeStopped`]; everything else comes from [`Download::wait`].
     pub async fn get(&self, key: LookupKey, out_dir: impl Into<PathBuf>) -> Result<Download> {
-        self.get_with(GetRequest {
-            key,
-            out_dir: out_dir.into(),
-            file: None,
-        })
-        .await
+        self.get_with(GetRequest::new(key, out_dir)).await
     }
 
     /// Starts a download described by `request`.
@@ -364,17 +480,23 @@ impl Client {
     /// # Errors
     /// [`Error::NodeStopped`]; everything else comes from [`Download::wait`].
     pub async fn get_with(&self, request: GetRequest) -> Result<Download> {
-        self.get_named(request, None).await
+        // A name for a single file of a collection applies to that file, not to the collection.
+        let get = Get {
+            key: request.key.clone(),
+            out_dir: request.out_dir.clone(),
+            dir: None,
+            name: request.name.clone().filter(|_| request.file.is_none()),
+            max_size: request.max_size,
+        };
+        self.start(get, request).await
     }
 
-    async fn get_named(&self, request: GetRequest, name: Option<FileName>) -> Result<Download> {
+    async fn start(&self, get: Get, request: GetRequest) -> Result<Download> {
         let (progress, progress_rx) = watch::channel(Progress::default());
         let progress = Arc::new(progress);
         let (reply, done) = oneshot::channel();
         let command = Command::Get {
-            key: request.key.clone(),
-            out_dir: request.out_dir.clone(),
-            name,
+            get,
             progress: Arc::clone(&progress),
             reply,
         };

@@ -12,7 +12,23 @@ use tokio::sync::{oneshot, watch};
 use crate::{
     client::{LocalStats, Outcome, Progress, SharedFile},
     error::{GetError, Result, ShareError},
+    place::Dir,
 };
+
+/// What one download fetches and where it lands.
+#[derive(Debug)]
+pub(crate) struct Get {
+    pub(crate) key: LookupKey,
+    /// The output directory.
+    pub(crate) out_dir: PathBuf,
+    /// `out_dir` already opened (collection entries); else the download opens it.
+    pub(crate) dir: Option<Dir>,
+    /// The name to write the file under, when the caller fixes it (`--name`, collection
+    /// entries); else the name asked for, or the manifest's made safe.
+    pub(crate) name: Option<FileName>,
+    /// Largest file accepted.
+    pub(crate) max_size: u64,
+}
 
 /// One request to the event loop. The last field of each variant is where the answer goes.
 #[derive(Debug)]
@@ -22,12 +38,9 @@ pub(crate) enum Command {
         path: PathBuf,
         reply: oneshot::Sender<Result<SharedFile, ShareError>>,
     },
-    /// Download a file (or learn that the id names a collection) into `out_dir`, under `name`
-    /// when given (collection entries), else under the name asked for or the manifest's.
+    /// Download a file (or learn that the id names a collection).
     Get {
-        key: LookupKey,
-        out_dir: PathBuf,
-        name: Option<FileName>,
+        get: Get,
         progress: Arc<watch::Sender<Progress>>,
         reply: oneshot::Sender<Result<Outcome, GetError>>,
     },

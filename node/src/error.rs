@@ -126,9 +126,22 @@ pub enum GetError {
         /// The path asked for.
         path: String,
     },
-    /// This node already holds or is downloading the file.
-    #[error("this node already holds or is downloading {0}")]
+    /// This node is downloading the file already.
+    #[error("this node is downloading {0} already")]
     Busy(FileId),
+    /// The file is larger than the get allows (`--max-size`).
+    #[error("{id} is {size} bytes, more than the limit of {max} bytes (raise it with --max-size)")]
+    TooLarge {
+        /// The file or collection.
+        id: FileId,
+        /// Its size (as the tracker or its manifest says).
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Where the file lands: it exists, is locked, no space, a planted link, a full disk.
+    #[error(transparent)]
+    Place(#[from] crate::place::PlaceError),
     /// The target file exists already with other content, or the output directory is unusable.
     #[error("cannot write {path}")]
     Io {

@@ -17,7 +17,7 @@ use std::{
 
 use bitswarm_protocols::{
     tracker::{self, Announce, AnnouncedFile, FileRecord, FileSummary, Reply, Stats},
-    Collection, FileName, Manifest,
+    FileName, Manifest,
 };
 use futures::StreamExt;
 use libp2p::{
@@ -75,7 +75,7 @@ pub(crate) enum TaskOutput {
 /// What hashing a shared path produced.
 pub(crate) enum Hashed {
     File(Manifest, File),
-    Dir(Collection, Vec<(Manifest, File)>),
+    Dir(store::HashedDir),
 }
 
 /// A directory this node shares: its collection's canonical encoding, served by id.
@@ -231,7 +231,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 let p = path.clone();
                 self.tasks.spawn_blocking(move || {
                     let result = if p.is_dir() {
-                        store::hash_dir(&p).map(|(c, files)| Hashed::Dir(c, files))
+                        store::hash_dir(&p).map(Hashed::Dir)
                     } else {
                         store::hash_file(&p).map(|(m, f)| Hashed::File(m, f))
                     };
@@ -244,12 +244,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 debug!(path = %path.display(), "hashing");
             }
             Command::Get {
-                key,
-                out_dir,
-                name,
+                get,
                 progress,
                 reply,
-            } => self.start_download(key, out_dir, name, progress, reply),
+            } => self.start_download(get, progress, reply),
             Command::Lookup { key, reply } => {
                 let limit = u32::MAX;
                 self.tracker_request(
@@ -292,7 +290,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             } => {
                 let answer = result.map(|hashed| match hashed {
                     Hashed::File(manifest, file) => self.hold_shared(manifest, file),
-                    Hashed::Dir(collection, files) => {
+                    Hashed::Dir(store::HashedDir { collection, files, skipped }) => {
                         for (manifest, file) in files {
                             self.hold_shared(manifest, file);
                         }
@@ -300,6 +298,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                             id: collection.id(),
                             name: collection.name().clone(),
                             size: collection.total_size(),
+                            skipped,
                         };
                         info!(collection = %shared.id, name = %shared.name, files = collection.entries().len(), path = %path.display(), "sharing directory");
                         self.collections.insert(
@@ -329,6 +328,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             id: manifest.id(),
             name: manifest.name().clone(),
             size: manifest.lengths().size(),
+            skipped: 0,
         };
         info!(file = %shared.id, name = %shared.name, size = shared.size, "sharing");
         self.held.insert(

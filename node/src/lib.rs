@@ -5,8 +5,9 @@
 //! - [`new`] / [`new_with_extension`] build a node from a [`Config`] and return a [`Client`]
 //!   (the cloneable handle), a receiver of [`Event`]s, and the [`EventLoop`] to spawn.
 //! - `event_loop`: the single task that owns the swarm and all state; `serve` answers other
-//!   peers' piece requests; `downloader` runs downloads; `store` holds every disk operation
-//!   (run on blocking tasks).
+//!   peers' piece requests; `downloader` runs downloads; `store` (hashing, pieces) and `place`
+//!   (where a download lands: temporary files, locks, the final rename) hold every disk
+//!   operation (run on blocking tasks).
 //! - [`Behaviour`]: ping, identify, tracker client, transfer, and an `extension` slot for a
 //!   behaviour of your own.
 //! - [`identity`]: key files that two nodes on one machine never share.
@@ -40,6 +41,7 @@ mod event_loop;
 pub mod identity;
 mod nat;
 mod paths;
+mod place;
 mod serve;
 mod store;
 mod swarm;
@@ -54,12 +56,13 @@ pub use crate::{
     behaviour::{Behaviour, IDENTIFY_PROTOCOL},
     client::{
         Client, Download, Downloaded, GetRequest, LocalStats, Progress, SharedFile, Source,
-        COLLECTION_PARALLELISM,
+        COLLECTION_PARALLELISM, DEFAULT_MAX_SIZE,
     },
     config::*,
     error::{Error, GetError, Result, ShareError},
     event_loop::EventLoop,
     paths::{Path, Transport, MIN_RELAY_DATA_BYTES},
+    place::{part_name, shown, PlaceError},
 };
 
 /// Capacity of the command channel from [`Client`]s to the event loop.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use bitswarm_node::{identity, Client, Config, Downloaded, GetRequest};
+use bitswarm_node::{identity, shown, Client, Config, Downloaded, GetRequest};
 use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName, RelPath};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -84,6 +84,18 @@ enum Cmd {
         /// For a shared directory: get only this file of it (its path inside the directory).
         #[arg(long, value_name = "PATH")]
         file: Option<String>,
+        /// Save under this name in the output directory (a file, or a shared directory's
+        /// folder) instead of the one the network gives.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// For a shared directory: add its files into an existing folder of its name (files
+        /// there with other content are still never replaced).
+        #[arg(long)]
+        merge: bool,
+        /// Largest file (or shared directory, in total) to accept: bytes, or with a K, M, G or
+        /// T suffix (powers of 1024).
+        #[arg(long, value_name = "SIZE", default_value = "1T", value_parser = parse_size)]
+        max_size: u64,
         /// Keep serving the file after it completes, until Ctrl-C.
         #[arg(long)]
         seed: bool,
@@ -215,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shared = client
                 .share(path.clone())
                 .await
-                .with_context(|| format!("cannot share {}", path.display()))?;
+                .with_context(|| format!("cannot share {}", shown(path)))?;
             let addrs = client.listen_addrs().await?;
             let mut out = std::io::stdout().lock();
             writeln!(
@@ -226,6 +238,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shared.size,
                 client.peer_id()
             )?;
+            if shared.skipped > 0 {
+                writeln!(
+                    out,
+                    "skipped {} hidden files, links or special files",
+                    shared.skipped
+                )?;
+            }
             for a in addrs {
                 writeln!(out, "listening on {a}")?;
             }
@@ -243,21 +262,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             output,
             file,
+            name,
+            merge,
+            max_size,
             seed,
             wait,
         } => {
             if !output.is_dir() {
-                bail!("output directory {} does not exist", output.display());
+                bail!("output directory {} does not exist", shown(output));
             }
             let key = parse_target(target)?;
             let file = file.as_deref().map(RelPath::new).transpose()?;
+            let name = name
+                .as_deref()
+                .map(FileName::new)
+                .transpose()
+                .context("--name must be a single file name")?;
             let wait = Duration::from_secs(*wait);
             let (client, cancel, task, _slot) =
                 start(g, tracker.as_deref(), listen.as_deref(), true, wait).await?;
             let request = GetRequest {
-                key,
-                out_dir: output.clone(),
                 file,
+                name,
+                merge: *merge,
+                max_size: *max_size,
+                ..GetRequest::new(key, output.clone())
             };
             let download = client.get_with(request).await?;
             let bar = progress_bar(download.progress(), g.json);
@@ -318,6 +347,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A size: bytes, or with a K, M, G or T suffix (powers of 1024; `KiB`, `MB` and the like are
+/// read the same way).
+fn parse_size(arg: &str) -> Result<u64, String> {
+    let arg = arg.trim();
+    let split = arg.find(|c: char| !c.is_ascii_digit()).unwrap_or(arg.len());
+    let (digits, unit) = arg.split_at(split);
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("unknown size unit {unit:?} (use K, M, G or T)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{arg:?} is not a size"))
+}
+
 /// A 64-hex-digit argument is a content id; anything else is a file name.
 fn parse_target(target: &str) -> anyhow::Result<LookupKey> {
     if target.len() == 64 && target.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -364,12 +419,19 @@ fn print_downloaded(done: &Downloaded, json: bool) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"id": done.id.to_string(), "path": done.path, "size": done.size, "seconds": secs, "mb_per_s": mbps, "providers": done.providers_used, "sources": sources, "resumed": done.resumed, "fetched": done.fetched})
+            serde_json::json!({"id": done.id.to_string(), "path": done.path, "size": done.size, "seconds": secs, "mb_per_s": mbps, "providers": done.providers_used, "sources": sources, "resumed": done.resumed, "fetched": done.fetched, "present": done.present})
+        );
+    } else if done.present {
+        println!(
+            "already present: {} ({} bytes, verified) id {}",
+            shown(&done.path),
+            done.size,
+            done.id
         );
     } else {
         println!(
             "downloaded {} ({} bytes in {:.2}s, {:.1} MB/s from {} peers) id {}",
-            done.path.display(),
+            shown(&done.path),
             done.size,
             secs,
             mbps,

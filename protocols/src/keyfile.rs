@@ -47,21 +47,49 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, KeyError> {
             let bytes = key
                 .to_protobuf_encoding()
                 .map_err(|_| KeyError::Decode(path.to_owned()))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir).map_err(io_err)?;
+            match create_atomically(path, &bytes) {
+                Ok(()) => Ok(key),
+                // Another process created it first: use that one.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_or_create(path),
+                Err(e) => Err(io_err(e)),
             }
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(path).map_err(io_err)?;
-            file.write_all(&bytes)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err)?;
-            Ok(key)
         }
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// Writes `bytes` to `path` so that the file appears complete or not at all: a temporary file
+/// (mode 0600) is written and fsynced, then hard-linked to `path`, which fails if `path` exists
+/// (no key is ever replaced), and the directory is fsynced. A crash leaves at most a stray
+/// temporary file, never an empty or torn key that breaks every later start.
+fn create_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            fs::create_dir_all(dir)?;
+            dir.to_owned()
+        }
+        None => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    linked?;
+    // Persist the new directory entry.
+    fs::File::open(&dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]
@@ -81,6 +109,8 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        let entries: Vec<_> = fs::read_dir(dir.join("sub")).unwrap().collect();
+        assert_eq!(entries.len(), 1, "no temporary file left beside the key");
         fs::write(&path, b"junk").unwrap();
         assert!(matches!(load_or_create(&path), Err(KeyError::Decode(_))));
         fs::remove_dir_all(dir).unwrap();

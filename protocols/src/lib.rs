@@ -31,8 +31,8 @@ pub use error::{ErrorCode, ManifestError, TypeError};
 pub use hash::{hash_piece, PieceHasher};
 pub use manifest::{Manifest, WireManifest};
 pub use types::{
-    FileId, FileName, Lengths, PieceIndex, DEFAULT_PIECE_SIZE, MAX_NAME_LEN, MAX_PIECES,
-    MAX_PIECE_SIZE, MIN_PIECE_SIZE,
+    escape, is_unprintable, FileId, FileName, Lengths, PieceIndex, DEFAULT_PIECE_SIZE,
+    MAX_NAME_LEN, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE,
 };
 
 use libp2p::StreamProtocol;

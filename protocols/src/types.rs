@@ -134,10 +134,39 @@ impl From<FileName> for String {
     }
 }
 
+/// Shown with [`escape`]: a name from the network never reaches a terminal raw.
 impl fmt::Display for FileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&escape(&self.0))
     }
+}
+
+/// Whether `c` can change what a terminal shows beyond its own glyph: a control character
+/// (C0, DEL, C1: escape sequences, carriage returns) or an invisible formatting character that
+/// reorders or hides text (bidirectional overrides and isolates, zero-width characters).
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+        )
+}
+
+/// `s` made safe to print: every [`is_unprintable`] character is written as a Rust escape
+/// (`\u{1b}`), and so is a backslash, so two different names never print the same.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c == '\\' || is_unprintable(c)) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\\' || is_unprintable(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl fmt::Debug for FileName {
@@ -319,5 +348,19 @@ mod tests {
             assert!(FileName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(FileName::new("report 2026.pdf").is_ok());
+    }
+
+    #[test]
+    fn names_print_escaped() {
+        let name = FileName::new("evil\u{1b}[2J\u{202e}txt.exe\rok").unwrap();
+        let shown = name.to_string();
+        assert!(!shown.chars().any(is_unprintable), "{shown}");
+        assert_eq!(shown, "evil\\u{1b}[2J\\u{202e}txt.exe\\rok");
+        assert_eq!(escape("plain name.txt"), "plain name.txt");
+        assert_ne!(
+            escape("a\\u{1b}"),
+            escape("a\u{1b}"),
+            "a backslash is escaped too"
+        );
     }
 }

@@ -306,3 +306,81 @@ pub fn run_with_timeout(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One step of a multi-process test (a process starting, a small transfer) may take this long.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Starts the real `bitswarm-tracker 127.0.0.1:0` and returns it with its `ip:port`.
+pub fn tracker_bin(home: &Path) -> anyhow::Result<(Proc, String)> {
+    let mut cmd = Command::new(bin("bitswarm-tracker")?);
+    cmd.args(["127.0.0.1:0", "--ephemeral"]);
+    let mut proc = Proc::spawn(cmd, home)?;
+    let line = proc.wait_line("listening on /ip4/127.0.0.1/tcp/", STEP)?;
+    let port = line
+        .trim_start_matches("listening on /ip4/127.0.0.1/tcp/")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((proc, format!("127.0.0.1:{port}")))
+}
+
+/// Starts the real `bitswarm share PATH TRACKER 127.0.0.1:0` and returns it with the first
+/// line it printed (`sharing <id> <name> ...`).
+pub fn share_bin(path: &Path, tracker: &str, home: &Path) -> anyhow::Result<(Proc, String)> {
+    let mut share = Command::new(bin("bitswarm")?);
+    share
+        .arg("share")
+        .arg(path)
+        .args([tracker, "127.0.0.1:0", "--ephemeral"]);
+    let mut proc = Proc::spawn(share, home)?;
+    let line = proc.wait_line("sharing ", STEP)?;
+    Ok((proc, line))
+}
+
+/// `bitswarm get TARGET TRACKER 127.0.0.1:0 --ephemeral -o OUT` followed by `extra`.
+pub fn get_cmd(target: &str, tracker: &str, out: &Path, extra: &[&str]) -> anyhow::Result<Command> {
+    let mut get = Command::new(bin("bitswarm")?);
+    get.args(["get", target, tracker, "127.0.0.1:0", "--ephemeral", "-o"])
+        .arg(out)
+        .args(extra);
+    Ok(get)
+}
+
+/// A tmpfs of a fixed size mounted for one test (needs root), unmounted when dropped.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes on the existing directory `path`. Where that is not
+    /// possible (not root) the test is skipped with a message, or fails when
+    /// `BITSWARM_NETLAB_REQUIRED=1` (CI runs as root).
+    pub fn mount_or_skip(path: &Path, size: u64) -> Option<Tmpfs> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::piped())
+            .output();
+        let reason = match status {
+            Ok(out) if out.status.success() => {
+                return Some(Tmpfs {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if std::env::var("BITSWARM_NETLAB_REQUIRED").as_deref() == Ok("1") {
+            panic!("cannot mount a tmpfs (BITSWARM_NETLAB_REQUIRED=1): {reason}");
+        }
+        eprintln!("skipping tmpfs test: cannot mount a tmpfs: {reason}");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

@@ -101,14 +101,14 @@ async fn a_shared_directory_is_fetched_whole_or_one_file_and_each_file_is_one_sw
             .wait()
             .await?;
         assert_eq!((again.fetched, again.resumed), (0, shared.size));
+        assert!(again.present, "a complete copy is reported as present");
 
         // One file of it.
         let out3 = dir.path().join("out3");
         std::fs::create_dir_all(&out3)?;
         let request = GetRequest {
-            key: LookupKey::Id(shared.id),
-            out_dir: out3.clone(),
             file: Some(RelPath::new("disc 2/bonus/notes.txt")?),
+            ..GetRequest::new(LookupKey::Id(shared.id), &out3)
         };
         let one = getter.client.get_with(request).await?.wait().await?;
         assert_eq!(one.path, out3.join("notes.txt"));

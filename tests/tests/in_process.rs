@@ -37,9 +37,10 @@ async fn leechers_get_by_name_and_by_id_identical_bytes() -> anyhow::Result<()> 
         assert_eq!(std::fs::read(&b.path)?, original);
         assert_eq!(a.path, out_a.join("data.bin"));
         assert!(
-            !out_a.join("data.bin.part").exists(),
+            !out_a.join(bitswarm_node::part_name(&shared.id)).exists(),
             "the .part file was renamed"
         );
+        assert_eq!(std::fs::read_dir(&out_a)?.count(), 1, "nothing else left");
         assert_eq!(seeder.client.local_stats().await?.uploaded, 2 * len as u64);
 
         for node in [seeder, by_name, by_id] {

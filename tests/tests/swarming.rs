@@ -25,7 +25,17 @@ async fn one_seeder_six_leechers_all_complete_and_the_leechers_trade_pieces() ->
     within(async {
         let dir = tempfile::tempdir()?;
         let tracker = TestTracker::start().await?;
-        let seeder = TestNode::start("seeder", &tracker.addr).await?;
+        // A seeder with little upload capacity, as on the internet: on loopback an unlimited
+        // one can serve everyone before the leechers have learned of each other, and then the
+        // share of the leechers' trading depends on the machine's speed.
+        let seeder = TestNode::start_with(
+            "seeder",
+            Config {
+                max_serving_reads: 2,
+                ..swarm_config(&tracker)
+            },
+        )
+        .await?;
         let size = 48 * PIECE + 4321;
         let path = make_file(dir.path(), "movie.bin", size, 11)?;
         let id = seeder.client.share(&path).await?.id;
@@ -168,12 +178,8 @@ async fn with_every_provider_gone_get_fails_in_bounded_time_and_a_later_run_resu
             "bounded wait: {:?}",
             started.elapsed()
         );
-        let part = out.join("big.iso.part");
+        let part = out.join(bitswarm_node::part_name(&id));
         assert!(part.exists(), ".part kept");
-        assert!(
-            out.join("big.iso.part.resume").exists(),
-            "resume record kept"
-        );
         assert!(
             !out.join("big.iso").exists(),
             "no partial file under the final name"
@@ -210,9 +216,10 @@ async fn with_every_provider_gone_get_fails_in_bounded_time_and_a_later_run_resu
             done.fetched >= PIECE as u64,
             "the torn piece was fetched again"
         );
-        assert!(
-            !out.join("big.iso.part.resume").exists(),
-            "record removed on completion"
+        assert_eq!(
+            std::fs::read_dir(&out)?.count(),
+            1,
+            "only the file left: the .part file took its name"
         );
         leecher.stop().await?;
         seeder.stop().await?;

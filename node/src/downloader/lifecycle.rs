@@ -1,11 +1,11 @@
 //! A download's upkeep and end: the housekeeping tick (provider wait, re-lookups, bitfield
-//! refreshes, resume records), finishing, failing, and what a download lets this node serve.
+//! refreshes), finishing, failing, and what a download lets this node serve.
 
 use super::*;
 
 impl<E: NetworkBehaviour> EventLoop<E> {
     /// Per-tick upkeep of every download: provider-wait deadline, re-lookups, bitfield
-    /// refreshes of partial providers, resume record writes.
+    /// refreshes of partial providers.
     pub(crate) fn downloads_housekeeping(&mut self) {
         let now = Instant::now();
         let wait = self.config.provider_wait;
@@ -63,7 +63,6 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     self.schedule(id);
                 }
             }
-            self.write_record(id);
         }
         self.check_hole_punch_waits(now);
     }
@@ -92,47 +91,30 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
     }
 
-    /// Writes the resume record on a blocking task when pieces were stored since the last one.
-    pub(super) fn write_record(&mut self, id: DownloadId) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
-            return;
-        };
-        let (
-            Phase::Transfer {
-                manifest, picker, ..
-            },
-            Some((_, part)),
-            true,
-            false,
-        ) = (&dl.phase, &dl.paths, dl.record_dirty, dl.record_writing)
-        else {
-            return;
-        };
-        let (manifest, part, have) = (Arc::clone(manifest), part.clone(), picker.held().to_wire());
-        dl.record_dirty = false;
-        dl.record_writing = true;
-        self.tasks.spawn_blocking(move || {
-            if let Err(error) = store::write_record(&part, &manifest, have) {
-                warn!(%error, part = %part.display(), "cannot write resume record");
-            }
-            TaskOutput::Download(TaskDone::RecordWritten { download: id })
-        });
-    }
-
     pub(super) fn finish(&mut self, id: DownloadId) {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        let (Some((path, part)), Phase::Transfer { manifest, file, .. }) =
-            (dl.paths.clone(), &dl.phase)
+        let (
+            Some(name),
+            Phase::Transfer {
+                manifest,
+                file,
+                dir,
+                ..
+            },
+        ) = (dl.final_name.clone(), &dl.phase)
         else {
             return;
         };
-        let file = Arc::clone(file);
+        let (file, dir, file_id) = (Arc::clone(file), dir.clone(), manifest.id());
         let size = manifest.lengths().size();
-        dl.phase = Phase::Finishing { size };
+        dl.phase = Phase::Finishing {
+            size,
+            path: dir.join(name.as_str()),
+        };
         self.tasks.spawn_blocking(move || {
-            let result = store::finish(&file, &part, &path);
+            let result = place::finish(&dir, &file, &file_id, &name);
             TaskOutput::Download(TaskDone::Finished {
                 download: id,
                 result,
@@ -140,19 +122,23 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         });
     }
 
-    pub(super) fn on_finished(&mut self, id: DownloadId, result: io::Result<()>) {
+    pub(super) fn on_finished(&mut self, id: DownloadId, result: Result<Finished, PlaceError>) {
         let Some(mut dl) = self.downloads.remove(&id) else {
             return;
         };
-        let (Some(file), Some((path, part)), Phase::Finishing { size }) =
-            (dl.file, dl.paths.clone(), &dl.phase)
-        else {
+        let (Some(file), Phase::Finishing { size, path }) = (dl.file, &dl.phase) else {
             return;
         };
-        let size = *size;
-        if let Err(source) = result {
-            self.downloads.insert(id, dl);
-            return self.fail_download(id, GetError::Io { path: part, source });
+        let (size, path) = (*size, path.clone());
+        match result {
+            Err(error) => {
+                self.downloads.insert(id, dl);
+                return self.fail_download(id, error.into());
+            }
+            Ok(Finished::AlreadyThere) => {
+                info!(%file, path = %path.display(), "the same file took the name first");
+            }
+            Ok(Finished::Renamed) => {}
         }
         if let Some(held) = self.held.get_mut(&file) {
             held.download = None;
@@ -178,6 +164,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             sources,
             resumed: dl.resumed,
             fetched: dl.fetched,
+            present: false,
         };
         info!(%file, path = %path.display(), size, elapsed = ?done.elapsed, providers_used, resumed = dl.resumed, "download complete");
         self.emit(Event::Downloaded { file, path });
@@ -187,9 +174,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         self.announce();
     }
 
-    /// Ends a download with `error`; its `.part` file and resume record stay for a later run.
+    /// Ends a download with `error`; its `.part` file stays for a later run.
     pub(crate) fn fail_download(&mut self, id: DownloadId, error: GetError) {
-        self.write_record(id);
         let Some(mut dl) = self.downloads.remove(&id) else {
             return;
         };

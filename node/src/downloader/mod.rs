@@ -5,7 +5,8 @@
 //! at a time until one sends a manifest that merges to the file id) -> `Opening` (the `.part`
 //! file opened on a blocking task; pieces from an earlier run are verified and kept) ->
 //! `Transfer` -> `Finishing` (fsync + rename) -> done. A failure answers the waiting
-//! [`crate::Download`] and leaves the `.part` file and its resume record for a later run.
+//! [`crate::Download`] and leaves the `.part` file for a later run. Where the file lands (the
+//! locked `.part` file named by the id, the checks before the rename) is [`crate::place`]'s.
 //!
 //! Providers: complete ones hold every piece; partial ones are asked for their bitfield
 //! (`Have`) on joining and every housekeeping tick. Each has an in-flight window that grows by
@@ -28,7 +29,6 @@ mod pieces;
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io,
     path::PathBuf,
     sync::Arc,
     time::Instant,
@@ -57,7 +57,8 @@ use crate::{
     error::GetError,
     event_loop::{Held, TaskOutput, TrackerWaiter},
     paths::Path,
-    store::{self, Opened, StoreError},
+    place::{self, Dir, Finished, Opened, PlaceError},
+    store::{self, StoreError},
     Event, EventLoop,
 };
 
@@ -100,7 +101,7 @@ enum Failure {
 pub(crate) enum TaskDone {
     Opened {
         download: DownloadId,
-        result: io::Result<Opened>,
+        result: Result<Opened, PlaceError>,
     },
     PieceStored {
         download: DownloadId,
@@ -108,12 +109,9 @@ pub(crate) enum TaskDone {
         piece: PieceIndex,
         result: Result<(), StoreError>,
     },
-    RecordWritten {
-        download: DownloadId,
-    },
     Finished {
         download: DownloadId,
-        result: io::Result<()>,
+        result: Result<Finished, PlaceError>,
     },
 }
 
@@ -121,15 +119,23 @@ pub(crate) enum TaskDone {
 pub(crate) struct Download {
     key: LookupKey,
     out_dir: PathBuf,
-    /// The name to write the file under, when the caller fixes it (collection entries).
+    /// The output directory, already opened by the caller (collection entries, whose
+    /// directories are created without following links); else `out_dir` is opened.
+    dir: Option<Dir>,
+    /// The name to write the file under, when the caller fixes it (`--name`, collection
+    /// entries); else the name asked for, or the manifest's made safe.
     name: Option<FileName>,
+    /// Largest file accepted.
+    max_size: u64,
+    /// The size the tracker lists for the file; a manifest must agree.
+    expected_size: Option<u64>,
     progress: Arc<watch::Sender<Progress>>,
     reply: Option<oneshot::Sender<Result<Outcome, GetError>>>,
     started: Instant,
     /// Known after the first lookup.
     file: Option<FileId>,
-    /// `(final path, .part path)`, known once the manifest is verified.
-    paths: Option<(PathBuf, PathBuf)>,
+    /// The final name, known once the manifest is verified.
+    final_name: Option<FileName>,
     providers: HashMap<PeerId, Provider>,
     phase: Phase,
     /// Last time a provider joined or sent something useful; `provider_wait` runs from here.
@@ -141,9 +147,6 @@ pub(crate) struct Download {
     fetched: u64,
     /// Why the last provider was dropped, for the "no provider" error.
     last_problem: Option<String>,
-    /// Pieces were stored since the resume record was last written.
-    record_dirty: bool,
-    record_writing: bool,
 }
 
 enum Phase {
@@ -154,11 +157,14 @@ enum Phase {
     },
     Transfer {
         manifest: Arc<Manifest>,
+        /// The locked `.part` file.
         file: Arc<File>,
+        dir: Dir,
         picker: PiecePicker,
     },
     Finishing {
         size: u64,
+        path: PathBuf,
     },
 }
 
@@ -226,25 +232,27 @@ impl Download {
 impl<E: NetworkBehaviour> EventLoop<E> {
     pub(crate) fn start_download(
         &mut self,
-        key: LookupKey,
-        out_dir: PathBuf,
-        name: Option<FileName>,
+        get: crate::command::Get,
         progress: Arc<watch::Sender<Progress>>,
         reply: oneshot::Sender<Result<Outcome, GetError>>,
     ) {
         let id = DownloadId(self.next_download);
         self.next_download += 1;
-        info!(?key, out = %out_dir.display(), "download requested");
+        let key = get.key;
+        info!(?key, out = %get.out_dir.display(), "download requested");
         let now = Instant::now();
         let download = Download {
             key: key.clone(),
-            out_dir,
-            name,
+            out_dir: get.out_dir,
+            dir: get.dir,
+            name: get.name,
+            max_size: get.max_size,
+            expected_size: None,
             progress,
             reply: Some(reply),
             started: now,
             file: None,
-            paths: None,
+            final_name: None,
             providers: HashMap::new(),
             phase: Phase::Locating,
             last_progress: now,
@@ -254,8 +262,6 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             resumed: 0,
             fetched: 0,
             last_problem: None,
-            record_dirty: false,
-            record_writing: false,
         };
         self.downloads.insert(id, download);
         self.tracker_request(
@@ -321,6 +327,15 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
+        if record.size > dl.max_size {
+            let error = GetError::TooLarge {
+                id: record.id,
+                size: record.size,
+                max: dl.max_size,
+            };
+            return self.fail_download(id, error);
+        }
+        dl.expected_size = Some(record.size);
         dl.file = Some(record.id);
         dl.phase = Phase::Manifest;
         dl.progress.send_modify(|p| p.id = Some(record.id));

@@ -16,20 +16,39 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Ok(m) => Arc::new(m),
             Err(e) => return self.on_request_failed(id, peer, Want::Manifest, Failure::Fatal, &e),
         };
+        let size = manifest.lengths().size();
+        // A verified manifest fixes the piece count but not the last piece's length: a
+        // provider could claim up to a piece more or less than the file has.
+        if let Some(expected) = dl.expected_size.filter(|e| *e != size) {
+            let why = format!("its manifest says {size} bytes, the tracker lists {expected}");
+            return self.on_request_failed(id, peer, Want::Manifest, Failure::Fatal, &why);
+        }
+        if size > dl.max_size {
+            let error = GetError::TooLarge {
+                id: file,
+                size,
+                max: dl.max_size,
+            };
+            return self.fail_download(id, error);
+        }
+        // Names from the network are data: the manifest's is made safe before it is used.
         let name = match (&dl.name, &dl.key) {
             (Some(n), _) | (None, LookupKey::Name(n)) => n.clone(),
-            (None, LookupKey::Id(_)) => manifest.name().clone(),
+            (None, LookupKey::Id(_)) => place::safe_name(manifest.name(), &file),
         };
-        let (path, part) = store::download_paths(&dl.out_dir, &name);
-        dl.paths = Some((path.clone(), part.clone()));
+        dl.final_name = Some(name.clone());
         dl.last_progress = Instant::now();
-        dl.progress
-            .send_modify(|p| p.total = manifest.lengths().size());
+        dl.progress.send_modify(|p| p.total = size);
         dl.phase = Phase::Opening {
             manifest: Arc::clone(&manifest),
         };
+        let (dir, out_dir) = (dl.dir.clone(), dl.out_dir.clone());
         self.tasks.spawn_blocking(move || {
-            let result = store::open_download(&path, &part, &manifest);
+            let result = match dir {
+                Some(dir) => Ok(dir),
+                None => Dir::open(&out_dir),
+            }
+            .and_then(|dir| place::open_download(dir, &name, &manifest));
             TaskOutput::Download(TaskDone::Opened {
                 download: id,
                 result,
@@ -112,6 +131,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             manifest,
             file,
             picker,
+            ..
         } = &dl.phase
         else {
             return;
@@ -171,25 +191,23 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     );
                 }
                 Err(StoreError::Io(source)) => {
-                    let path = self
-                        .downloads
-                        .get(&download)
-                        .and_then(|d| d.paths.clone())
-                        .map(|p| p.1)
-                        .unwrap_or_default();
-                    self.fail_download(download, GetError::Io { path, source });
+                    let Some(Download {
+                        file: Some(file),
+                        phase: Phase::Transfer { dir, .. },
+                        ..
+                    }) = self.downloads.get(&download)
+                    else {
+                        return;
+                    };
+                    let error = place::write_error(dir, file, source);
+                    self.fail_download(download, error.into());
                 }
             },
-            TaskDone::RecordWritten { download } => {
-                if let Some(dl) = self.downloads.get_mut(&download) {
-                    dl.record_writing = false;
-                }
-            }
             TaskDone::Finished { download, result } => self.on_finished(download, result),
         }
     }
 
-    pub(super) fn on_opened(&mut self, id: DownloadId, result: io::Result<Opened>) {
+    pub(super) fn on_opened(&mut self, id: DownloadId, result: Result<Opened, PlaceError>) {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
@@ -197,12 +215,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             return;
         };
         let manifest = Arc::clone(manifest);
-        let Opened { file, resumed } = match result {
-            Ok(opened) => opened,
-            Err(source) => {
-                let path = dl.paths.clone().map(|p| p.0).unwrap_or_default();
-                return self.fail_download(id, GetError::Io { path, source });
-            }
+        let (dir, file, resumed) = match result {
+            Ok(Opened::Part { dir, file, resumed }) => (dir, file, resumed),
+            Ok(Opened::Present { dir, file }) => return self.on_present(id, &manifest, &dir, file),
+            Err(error) => return self.fail_download(id, error.into()),
         };
         let file = Arc::new(file);
         let mut picker = PiecePicker::new(*manifest.lengths());
@@ -227,6 +243,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         dl.phase = Phase::Transfer {
             manifest,
             file,
+            dir,
             picker,
         };
         if complete {
@@ -239,6 +256,41 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         // Tell the tracker we hold (some of) this file, so other leechers find us.
         self.announce();
         self.schedule(id);
+    }
+
+    /// The final name already holds the file (checked by hash): nothing is fetched, and the
+    /// node serves the copy it found.
+    fn on_present(&mut self, id: DownloadId, manifest: &Arc<Manifest>, dir: &Dir, file: File) {
+        let Some(mut dl) = self.downloads.remove(&id) else {
+            return;
+        };
+        let (Some(file_id), Some(name)) = (dl.file, dl.final_name.take()) else {
+            return;
+        };
+        let size = manifest.lengths().size();
+        let path = dir.join(name.as_str());
+        info!(file = %file_id, path = %path.display(), "already present");
+        dl.progress.send_modify(|p| p.done = size);
+        self.held.entry(file_id).or_insert_with(|| Held {
+            manifest: Arc::clone(manifest),
+            file: Arc::new(file),
+            download: None,
+        });
+        let done = Downloaded {
+            id: file_id,
+            path,
+            size,
+            elapsed: dl.started.elapsed(),
+            providers_used: 0,
+            sources: Vec::new(),
+            resumed: size,
+            fetched: 0,
+            present: true,
+        };
+        if let Some(reply) = dl.reply.take() {
+            let _ = reply.send(Ok(Outcome::File(done)));
+        }
+        self.announce();
     }
 
     pub(super) fn on_piece_stored(&mut self, id: DownloadId, peer: PeerId, piece: PieceIndex) {
@@ -269,7 +321,6 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             let len = u64::from(manifest.lengths().piece_len(piece));
             self.stats.downloaded += len;
             dl.fetched += len;
-            dl.record_dirty = true;
             dl.last_progress = Instant::now();
             let active = dl.providers.values().filter(|p| !p.dropped).count();
             dl.progress.send_modify(|p| {
