@@ -212,45 +212,42 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The directory `path`'s file goes into under `root`, each level created (or opened) without
-/// following links.
-fn entry_dir(root: &Dir, path: &RelPath) -> Result<Dir, PlaceError> {
+/// The directory `path`'s file goes into under `root`, each level opened without following
+/// links, and created when `create`; `None` when a level is missing and not created.
+fn entry_dir(root: &Dir, path: &RelPath, create: bool) -> Result<Option<Dir>, PlaceError> {
     let mut dir = root.clone();
     let mut components: Vec<&str> = path.components().collect();
     components.pop();
     for name in components {
-        dir = dir.subdir(name, true)?.ok_or_else(|| PlaceError::NotOurs {
-            path: dir.join(name),
-        })?;
+        match dir.subdir(name, create)? {
+            Some(sub) => dir = sub,
+            None => return Ok(None),
+        }
     }
-    Ok(dir)
+    Ok(Some(dir))
 }
 
-/// The last component of a collection path as a file name.
-fn entry_name(path: &RelPath) -> Result<FileName, GetError> {
+/// The last component of a collection path as a file name (a component may be longer than a
+/// file name may be: such a collection cannot be written here).
+fn entry_name(path: &RelPath, collection: FileId) -> Result<FileName, GetError> {
     let last = path.components().last().unwrap_or_default();
-    FileName::new(last).map_err(|_| GetError::NoSuchEntry {
-        id: FileId::of(b""),
-        path: path.to_string(),
+    FileName::new(last).map_err(|_| GetError::InvalidCollection {
+        id: collection,
+        source: bitswarm_protocols::CollectionError::InvalidPath {
+            path: path.to_string(),
+            reason: "a name longer than 255 bytes",
+        },
     })
 }
 
 /// Whether `root` holds every file of `collection` (checked by hash).
 fn holds_collection(root: &Dir, collection: &Collection) -> bool {
     collection.entries().iter().all(|entry| {
-        let mut dir = root.clone();
-        let components: Vec<&str> = entry.path.components().collect();
-        let Some((last, parents)) = components.split_last() else {
-            return false;
-        };
-        for name in parents {
-            match dir.subdir(name, false) {
-                Ok(Some(sub)) => dir = sub,
-                _ => return false,
-            }
-        }
+        let last = entry.path.components().last().unwrap_or_default();
         matches!(
-            place::present(&dir, last, &entry.id, entry.size),
+            entry_dir(root, &entry.path, false).and_then(|dir| dir.map_or(Ok(None), |d| {
+                place::present(&d, last, &entry.id, entry.size)
+            })),
             Ok(Some(_))
         )
     })
@@ -301,7 +298,7 @@ async fn fetch_collection(
     if let Some(path) = &request.file {
         let name = match &request.name {
             Some(name) => name.clone(),
-            None => entry_name(path)?,
+            None => entry_name(path, id)?,
         };
         let entry = entries
             .into_iter()
@@ -322,6 +319,7 @@ async fn fetch_collection(
         Some(name) => name.clone(),
         None => place::safe_name(collection.name(), &id),
     };
+    place::check_final_name(&name)?;
     let (gather, merge, c) = (out.clone(), request.merge, Arc::clone(&collection));
     let name_ = name.clone();
     let root = blocking(move || {
@@ -360,8 +358,13 @@ async fn fetch_collection(
         let (node, progress, root) = (node.clone(), Arc::clone(&progress), root.clone());
         async move {
             let rel = entry.path.clone();
-            let dir = blocking(move || entry_dir(&root, &rel)).await?;
-            let name = entry_name(&entry.path)?;
+            let dir = blocking(move || {
+                entry_dir(&root, &rel, true)?.ok_or_else(|| PlaceError::NotOurs {
+                    path: root.join(rel.as_str()),
+                })
+            })
+            .await?;
+            let name = entry_name(&entry.path, id)?;
             let done = fetch_entry(&node, &entry, dir, name, max_size).await?;
             progress.send_modify(|p| p.done = p.done.saturating_add(entry.size));
             Ok::<_, GetError>(done)

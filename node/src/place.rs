@@ -97,6 +97,14 @@ pub enum PlaceError {
         /// The kept temporary file.
         part: PathBuf,
     },
+    /// A name the downloader keeps for its own temporary files.
+    #[error(
+        "the name {name} is reserved for bitswarm's temporary files; pick another with --name"
+    )]
+    Reserved {
+        /// The name (escaped).
+        name: String,
+    },
     /// Any other file-system failure.
     #[error("cannot write {}: {source}", shown(path))]
     Io {
@@ -273,6 +281,16 @@ pub(crate) fn collection_temp_name(id: &FileId) -> String {
     format!("{TEMP_PREFIX}{id}.dir")
 }
 
+/// Refuses a final name that could be one of the downloader's own temporary files.
+pub(crate) fn check_final_name(name: &FileName) -> Result<(), PlaceError> {
+    if name.as_str().starts_with(TEMP_PREFIX) {
+        return Err(PlaceError::Reserved {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// A name from the network made safe to create: every control or invisible formatting
 /// character becomes `_`, and so does a leading dot (no hidden file, and nothing that could
 /// collide with the downloader's own `.bitswarm-*` files). A name with nothing left falls back
@@ -341,6 +359,7 @@ pub(crate) fn open_download(
     name: &FileName,
     manifest: &Manifest,
 ) -> Result<Opened, PlaceError> {
+    check_final_name(name)?;
     let size = manifest.lengths().size();
     if let Some(file) = present(&dir, name.as_str(), &manifest.id(), size)? {
         return Ok(Opened::Present { dir, file });
@@ -512,6 +531,12 @@ mod tests {
         assert_eq!(safe("gpj.\u{202e}exe"), "gpj._exe");
         assert_eq!(safe("report 2026.pdf"), "report 2026.pdf");
         assert!(!safe(".bitswarm-x.part").starts_with('.'));
+        let tmp = tempfile::tempdir().unwrap();
+        let manifest = manifest_of(b"abc");
+        let reserved = FileName::new(part_name(&manifest.id())).unwrap();
+        let err = open_download(Dir::open(tmp.path()).unwrap(), &reserved, &manifest);
+        assert!(matches!(err, Err(PlaceError::Reserved { .. })));
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
     #[test]
