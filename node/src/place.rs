@@ -25,7 +25,9 @@ use std::{
     sync::Arc,
 };
 
-use bitswarm_protocols::{is_unprintable, FileId, FileName, Manifest, PieceIndex};
+use bitswarm_protocols::{is_unprintable, FileId, FileName, Lengths, Manifest, PieceIndex};
+
+use crate::store;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// Prefix of every name the downloader creates on its own (never a name from the network).
@@ -309,8 +311,9 @@ pub(crate) fn safe_name(name: &FileName, id: &FileId) -> FileName {
         .unwrap_or_else(|_| name.clone())
 }
 
-/// Whether `dir/name` is a regular file holding exactly `id` (read, not trusted by name).
-/// `Ok(None)` when nothing is there; `Ok(Some(file))` when it is that file, opened for reading.
+/// Whether `dir/name` is a regular file holding exactly `id` (read and hashed, not trusted by
+/// name). `Ok(None)` when nothing is there; `Ok(Some(_))` when it is that file, with its
+/// manifest (so the node can serve it) and the file opened for reading.
 ///
 /// # Errors
 /// [`PlaceError::Exists`] when something else is there.
@@ -319,7 +322,7 @@ pub(crate) fn present(
     name: &str,
     id: &FileId,
     size: u64,
-) -> Result<Option<File>, PlaceError> {
+) -> Result<Option<(Manifest, File)>, PlaceError> {
     let exists = || PlaceError::Exists {
         path: dir.join(name),
     };
@@ -329,20 +332,29 @@ pub(crate) fn present(
         _ => return Err(exists()),
     }
     let file = dir.open_at(name, OFlags::RDONLY)?;
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_reader(io::Read::take(&file, size.saturating_add(1)))
-        .map_err(dir.io_err(name))?;
-    if FileId::from(hasher.finalize()) != *id {
+    let same_size = file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() == size);
+    let (Ok(file_name), Ok(lengths), true) =
+        (FileName::new(name), Lengths::for_size(size), same_size)
+    else {
+        return Err(exists());
+    };
+    let manifest = store::manifest_of(&file, file_name, lengths).map_err(dir.io_err(name))?;
+    if manifest.id() != *id {
         return Err(exists());
     }
-    Ok(Some(file))
+    Ok(Some((manifest, file)))
 }
 
 /// An opened download.
 pub(crate) enum Opened {
     /// The final name already holds this file.
-    Present { dir: Dir, file: File },
+    Present {
+        dir: Dir,
+        manifest: Manifest,
+        file: File,
+    },
     /// The locked `.part` file, with the pieces in it from an earlier run, verified.
     Part {
         dir: Dir,
@@ -361,8 +373,12 @@ pub(crate) fn open_download(
 ) -> Result<Opened, PlaceError> {
     check_final_name(name)?;
     let size = manifest.lengths().size();
-    if let Some(file) = present(&dir, name.as_str(), &manifest.id(), size)? {
-        return Ok(Opened::Present { dir, file });
+    if let Some((manifest, file)) = present(&dir, name.as_str(), &manifest.id(), size)? {
+        return Ok(Opened::Present {
+            dir,
+            manifest,
+            file,
+        });
     }
     let part = part_name(&manifest.id());
     let allocated = match dir.entry(&part)? {

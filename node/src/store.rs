@@ -42,20 +42,22 @@ pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
         .ok_or_else(|| ShareError::NotAFile(path.to_owned()))
         .and_then(|n| FileName::new(n).map_err(invalid))?;
     let lengths = Lengths::for_size(meta.len()).map_err(invalid)?;
+    let manifest = manifest_of(&file, name, lengths).map_err(io_err)?;
+    Ok((manifest, file))
+}
+
+/// Hashes the open `file` of `lengths` piece by piece into a [`Manifest`] named `name`, with one
+/// piece-sized buffer.
+pub(crate) fn manifest_of(file: &File, name: FileName, lengths: Lengths) -> io::Result<Manifest> {
     let mut hasher = PieceHasher::new(lengths);
     let mut buf = vec![0u8; lengths.piece_size() as usize];
     while let Some(piece) = hasher.next_piece() {
         let chunk = &mut buf[..lengths.piece_len(piece) as usize];
-        file.read_exact_at(chunk, lengths.offset(piece))
-            .map_err(io_err)?;
+        file.read_exact_at(chunk, lengths.offset(piece))?;
         hasher.update(piece, chunk);
     }
     let (_, values) = hasher.finish();
-    let manifest = Manifest::new(name, lengths, values).map_err(|_| ShareError::Io {
-        path: path.to_owned(),
-        source: io::Error::other("piece count"),
-    })?;
-    Ok((manifest, file))
+    Manifest::new(name, lengths, values).map_err(|_| io::Error::other("piece count"))
 }
 
 /// Hashes every regular file under `dir` and builds the [`Collection`] of the directory. Symbolic links and special files are skipped (a link

@@ -170,7 +170,7 @@ fn a_present_file_is_not_fetched_again_and_a_different_one_is_never_replaced() -
     let home = dir.path();
     let (_tracker, tracker) = tracker_bin(home)?;
     let file = make_file(home, "notes.pdf", 3 << 20, 4)?;
-    let (_seeder, id) = seed(&file, &tracker, home)?;
+    let (seeder, id) = seed(&file, &tracker, home)?;
     let out = home.join("out");
     std::fs::create_dir_all(&out)?;
     let first = run_with_timeout(get_cmd("notes.pdf", &tracker, &out, &[])?, home, STEP)?;
@@ -192,6 +192,30 @@ fn a_present_file_is_not_fetched_again_and_a_different_one_is_never_replaced() -
     let v: serde_json::Value = serde_json::from_slice(&json.stdout)?;
     assert_eq!(v["present"], true, "{v}");
     assert_eq!(v["fetched"], 0, "{v}");
+
+    // With the only provider frozen (still listed, answering nothing) it is still there:
+    // found before any provider is asked.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &seeder.id().to_string()])
+        .status()?;
+    assert!(stopped.success());
+    let started = Instant::now();
+    let alone = run_with_timeout(
+        get_cmd("notes.pdf", &tracker, &out, &["--wait", "20"])?,
+        home,
+        STEP,
+    )?;
+    assert!(alone.status.success(), "{}", stderr(&alone));
+    assert!(stdout(&alone).starts_with("already present: "));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not after waiting for a provider: {:?}",
+        started.elapsed()
+    );
+    let resumed = std::process::Command::new("kill")
+        .args(["-CONT", &seeder.id().to_string()])
+        .status()?;
+    assert!(resumed.success());
 
     // Someone else's file under that name.
     let other = home.join("other");

@@ -15,7 +15,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             let Some(dl) = self.downloads.get_mut(&id) else {
                 continue;
             };
-            if matches!(dl.phase, Phase::Opening { .. } | Phase::Finishing { .. }) {
+            if matches!(
+                dl.phase,
+                Phase::Checking | Phase::Opening { .. } | Phase::Finishing { .. }
+            ) {
                 continue;
             }
             if now.duration_since(dl.last_progress) > wait {

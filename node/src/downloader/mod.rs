@@ -1,10 +1,10 @@
 //! Downloads: locate providers through the tracker, fetch and verify the manifest, then pull
 //! pieces rarest-first from every provider at once, complete seeders and partial leechers alike.
 //!
-//! Phases of one download: `Locating` (first tracker lookup) -> `Manifest` (providers asked one
-//! at a time until one sends a manifest that merges to the file id) -> `Opening` (the `.part`
-//! file opened on a blocking task; pieces from an earlier run are verified and kept) ->
-//! `Transfer` -> `Finishing` (fsync + rename) -> done. A failure answers the waiting
+//! Phases of one download: `Locating` (first tracker lookup) -> `Checking` (the file may be
+//! there already) -> `Manifest` (providers asked one at a time until one sends a manifest that
+//! merges to the file id) -> `Opening` (the `.part` file opened on a blocking task; pieces from
+//! an earlier run are verified and kept) -> `Transfer` -> `Finishing` (fsync + rename) -> done. A failure answers the waiting
 //! [`crate::Download`] and leaves the `.part` file for a later run. Where the file lands (the
 //! locked `.part` file named by the id, the checks before the rename) is [`crate::place`]'s.
 //!
@@ -113,6 +113,10 @@ pub(crate) enum TaskDone {
         download: DownloadId,
         result: Result<Finished, PlaceError>,
     },
+    Checked {
+        download: DownloadId,
+        result: Result<Option<(Dir, Manifest, File)>, PlaceError>,
+    },
 }
 
 /// One download's state.
@@ -151,6 +155,9 @@ pub(crate) struct Download {
 
 enum Phase {
     Locating,
+    /// Looking at the output directory: a file already there with this id ends the download
+    /// before any provider is asked.
+    Checking,
     Manifest,
     Opening {
         manifest: Arc<Manifest>,
@@ -337,9 +344,58 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
         dl.expected_size = Some(record.size);
         dl.file = Some(record.id);
-        dl.phase = Phase::Manifest;
+        dl.phase = Phase::Checking;
         dl.progress.send_modify(|p| p.id = Some(record.id));
+        // The name it would land under: the one given, or the tracker's made safe (the
+        // manifest's may differ; `Opening` checks that one again).
+        let name = match (&dl.name, &dl.key) {
+            (Some(n), _) | (None, LookupKey::Name(n)) => n.clone(),
+            (None, LookupKey::Id(_)) => place::safe_name(&record.name, &record.id),
+        };
+        let (dir, out_dir, file, size) =
+            (dl.dir.clone(), dl.out_dir.clone(), record.id, record.size);
+        self.tasks.spawn_blocking(move || {
+            let dir = match dir {
+                Some(dir) => Ok(dir),
+                None => Dir::open(&out_dir),
+            };
+            let result = dir.and_then(|dir| {
+                // Only a match counts here: anything else is decided once the manifest is known.
+                match place::present(&dir, name.as_str(), &file, size) {
+                    Ok(Some((manifest, file))) => Ok(Some((dir, manifest, file))),
+                    Ok(None) | Err(PlaceError::Exists { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            });
+            TaskOutput::Download(TaskDone::Checked {
+                download: id,
+                result,
+            })
+        });
         self.add_providers(id, record.providers, true);
+    }
+
+    /// The output directory was looked at: done if the file is there, else on to the manifest.
+    pub(super) fn on_checked(
+        &mut self,
+        id: DownloadId,
+        result: Result<Option<(Dir, Manifest, File)>, PlaceError>,
+    ) {
+        let Some(dl) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        if !matches!(dl.phase, Phase::Checking) {
+            return;
+        }
+        match result {
+            Err(error) => self.fail_download(id, error.into()),
+            Ok(Some((dir, manifest, file))) => self.on_present(id, Arc::new(manifest), &dir, file),
+            Ok(None) => {
+                dl.phase = Phase::Manifest;
+                dl.last_progress = Instant::now();
+                self.request_manifest(id);
+            }
+        }
     }
 
     /// Adds providers not known yet; ready ones start receiving requests at once.

@@ -204,6 +204,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 }
             },
             TaskDone::Finished { download, result } => self.on_finished(download, result),
+            TaskDone::Checked { download, result } => self.on_checked(download, result),
         }
     }
 
@@ -217,7 +218,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let manifest = Arc::clone(manifest);
         let (dir, file, resumed) = match result {
             Ok(Opened::Part { dir, file, resumed }) => (dir, file, resumed),
-            Ok(Opened::Present { dir, file }) => return self.on_present(id, &manifest, &dir, file),
+            Ok(Opened::Present {
+                dir,
+                manifest,
+                file,
+            }) => return self.on_present(id, Arc::new(manifest), &dir, file),
             Err(error) => return self.fail_download(id, error.into()),
         };
         let file = Arc::new(file);
@@ -260,19 +265,26 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// The final name already holds the file (checked by hash): nothing is fetched, and the
     /// node serves the copy it found.
-    fn on_present(&mut self, id: DownloadId, manifest: &Arc<Manifest>, dir: &Dir, file: File) {
+    pub(super) fn on_present(
+        &mut self,
+        id: DownloadId,
+        manifest: Arc<Manifest>,
+        dir: &Dir,
+        file: File,
+    ) {
         let Some(mut dl) = self.downloads.remove(&id) else {
             return;
         };
-        let (Some(file_id), Some(name)) = (dl.file, dl.final_name.take()) else {
-            return;
-        };
+        let file_id = manifest.id();
         let size = manifest.lengths().size();
-        let path = dir.join(name.as_str());
+        let path = dir.join(manifest.name().as_str());
         info!(file = %file_id, path = %path.display(), "already present");
-        dl.progress.send_modify(|p| p.done = size);
+        dl.progress.send_modify(|p| {
+            p.total = size;
+            p.done = size;
+        });
         self.held.entry(file_id).or_insert_with(|| Held {
-            manifest: Arc::clone(manifest),
+            manifest,
             file: Arc::new(file),
             download: None,
         });
