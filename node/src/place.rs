@@ -573,6 +573,23 @@ mod tests {
     }
 
     #[test]
+    fn a_link_planted_where_a_directory_is_created_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("sub")).unwrap();
+        let dir = Dir::open(&out).unwrap();
+        let err = dir.subdir("sub", true).err().unwrap();
+        assert!(matches!(err, PlaceError::NotOurs { .. }), "{err}");
+        assert!(matches!(dir.subdir("sub", false), Err(PlaceError::NotOurs { .. })));
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert!(dir.subdir("real", true).unwrap().is_some());
+        assert!(out.join("real").is_dir());
+    }
+
+    #[test]
     fn a_second_open_of_the_same_download_is_refused_while_the_first_holds_it() {
         let tmp = tempfile::tempdir().unwrap();
         let manifest = manifest_of(&[1u8; 5000]);
