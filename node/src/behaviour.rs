@@ -12,8 +12,7 @@ use libp2p::{
 
 use crate::Config;
 
-/// The identify protocol version nodes and trackers speak.
-pub const IDENTIFY_PROTOCOL: &str = "/bitswarm/id/1";
+pub use bitswarm_protocols::IDENTIFY_PROTOCOL;
 
 /// How often a node pings the peers it is connected to.
 const PING_INTERVAL: Duration = Duration::from_secs(15);

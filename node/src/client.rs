@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     command::{Command, Get},
     error::{Error, GetError, Result},
-    paths::Path,
+    paths::DataPath,
     place::{self, Dir, PlaceError},
 };
 
@@ -72,7 +72,7 @@ pub struct Source {
     pub peer: PeerId,
     /// The connection its last verified piece came over (`None` if it closed before the
     /// piece was checked).
-    pub path: Option<Path>,
+    pub path: Option<DataPath>,
     /// Verified pieces it sent.
     pub pieces: u64,
 }

@@ -61,7 +61,7 @@ pub use crate::{
     config::*,
     error::{Error, GetError, Result, ShareError},
     event_loop::EventLoop,
-    paths::{Path, Transport, MIN_RELAY_DATA_BYTES},
+    paths::{DataPath, Transport, MIN_RELAY_DATA_BYTES},
     place::{part_name, shown, PlaceError},
 };
 

@@ -29,7 +29,7 @@ pub enum Transport {
 /// How pieces reach us from a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "transport", rename_all = "kebab-case")]
-pub enum Path {
+pub enum DataPath {
     /// A connection one side dialed directly.
     Direct(Transport),
     /// A direct connection opened by hole punching (DCUtR) from a relayed one.
@@ -48,12 +48,12 @@ impl fmt::Display for Transport {
     }
 }
 
-impl fmt::Display for Path {
+impl fmt::Display for DataPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Path::Direct(t) => write!(f, "direct ({t})"),
-            Path::HolePunched(t) => write!(f, "hole-punched ({t})"),
-            Path::Relayed => f.write_str("relayed"),
+            DataPath::Direct(t) => write!(f, "direct ({t})"),
+            DataPath::HolePunched(t) => write!(f, "hole-punched ({t})"),
+            DataPath::Relayed => f.write_str("relayed"),
         }
     }
 }
@@ -110,7 +110,7 @@ fn transport_of(addr: &Multiaddr) -> Transport {
 #[derive(Debug)]
 struct Conn {
     id: ConnectionId,
-    path: Path,
+    path: DataPath,
     /// The relay, for a relayed connection (when its address names it).
     relay: Option<PeerId>,
 }
@@ -131,7 +131,7 @@ impl Connections {
         let relayed_now = self
             .peers
             .get(&peer)
-            .is_some_and(|conns| conns.iter().any(|c| c.path == Path::Relayed));
+            .is_some_and(|conns| conns.iter().any(|c| c.path == DataPath::Relayed));
         // An inbound circuit's remote address is only `/p2p/SRC`; the circuit shows in the
         // local address (`.../p2p/RELAY/p2p-circuit`).
         let (circuit, remote) = match point {
@@ -142,9 +142,9 @@ impl Connections {
             } => (circuit_relay(local_addr), send_back_addr),
         };
         let (path, relay) = match circuit {
-            Some(relay) => (Path::Relayed, relay),
-            None if relayed_now => (Path::HolePunched(transport_of(remote)), None),
-            None => (Path::Direct(transport_of(remote)), None),
+            Some(relay) => (DataPath::Relayed, relay),
+            None if relayed_now => (DataPath::HolePunched(transport_of(remote)), None),
+            None => (DataPath::Direct(transport_of(remote)), None),
         };
         self.peers
             .entry(peer)
@@ -170,8 +170,8 @@ impl Connections {
             .get_mut(&peer)
             .and_then(|conns| conns.iter_mut().find(|c| c.id == id))
         {
-            if let Path::Direct(t) = c.path {
-                c.path = Path::HolePunched(t);
+            if let DataPath::Direct(t) = c.path {
+                c.path = DataPath::HolePunched(t);
             }
         }
     }
@@ -182,7 +182,7 @@ impl Connections {
         let direct = self
             .peers
             .get(peer)
-            .is_some_and(|conns| conns.iter().any(|c| c.path != Path::Relayed));
+            .is_some_and(|conns| conns.iter().any(|c| c.path != DataPath::Relayed));
         if direct {
             self.relayed(peer)
         } else {
@@ -203,7 +203,7 @@ impl Connections {
 
     fn carries_data(&self, c: &Conn) -> bool {
         match c.path {
-            Path::Relayed => c
+            DataPath::Relayed => c
                 .relay
                 .and_then(|r| self.relay_limits.get(&r))
                 .is_some_and(|limit| limit.is_none_or(|bytes| bytes >= MIN_RELAY_DATA_BYTES)),
@@ -218,7 +218,7 @@ impl Connections {
             .map(|conns| {
                 conns
                     .iter()
-                    .filter(|c| c.path == Path::Relayed)
+                    .filter(|c| c.path == DataPath::Relayed)
                     .map(|c| c.id)
                     .collect()
             })
@@ -231,11 +231,11 @@ impl Connections {
 
     /// The best connection to `peer` for pieces: direct or hole-punched first, then a relay
     /// that carries data. `None` when not connected, or only through hole-punching relays.
-    pub(crate) fn data_path(&self, peer: &PeerId) -> Option<Path> {
+    pub(crate) fn data_path(&self, peer: &PeerId) -> Option<DataPath> {
         let conns = self.peers.get(peer)?;
         conns
             .iter()
-            .find(|c| c.path != Path::Relayed)
+            .find(|c| c.path != DataPath::Relayed)
             .or_else(|| conns.iter().find(|c| self.carries_data(c)))
             .map(|c| c.path)
     }
@@ -246,7 +246,7 @@ impl Connections {
         let conns = self.peers.get(peer)?;
         if conns
             .iter()
-            .any(|c| c.path != Path::Relayed || self.carries_data(c))
+            .any(|c| c.path != DataPath::Relayed || self.carries_data(c))
         {
             return None;
         }
@@ -284,7 +284,7 @@ mod tests {
         let id = ConnectionId::new_unchecked(1);
         assert_eq!(c.data_path(&peer), None);
         c.established(peer, id, &dialer(addr("/ip4/127.0.0.1/udp/4001/quic-v1")));
-        assert_eq!(c.data_path(&peer), Some(Path::Direct(Transport::Quic)));
+        assert_eq!(c.data_path(&peer), Some(DataPath::Direct(Transport::Quic)));
         c.closed(peer, id);
         assert_eq!(c.data_path(&peer), None);
         assert!(!c.is_connected(&peer));
@@ -309,7 +309,10 @@ mod tests {
         assert!(c.relayed_if_direct(&peer).is_empty());
         c.established(peer, direct, &dialer(addr("/ip4/198.18.0.2/tcp/4001")));
         assert_eq!(c.relayed_if_direct(&peer), vec![relayed]);
-        assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Tcp)));
+        assert_eq!(
+            c.data_path(&peer),
+            Some(DataPath::HolePunched(Transport::Tcp))
+        );
         assert_eq!(c.only_signalling_relay(&peer), None);
     }
 
@@ -331,7 +334,10 @@ mod tests {
                 send_back_addr: addr("/ip4/198.18.0.2/udp/4001/quic-v1"),
             },
         );
-        assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Quic)));
+        assert_eq!(
+            c.data_path(&peer),
+            Some(DataPath::HolePunched(Transport::Quic))
+        );
     }
 
     #[test]
@@ -345,7 +351,10 @@ mod tests {
             &dialer(addr("/ip4/198.18.0.2/udp/4001/quic-v1")),
         );
         c.hole_punched(peer, direct);
-        assert_eq!(c.data_path(&peer), Some(Path::HolePunched(Transport::Quic)));
+        assert_eq!(
+            c.data_path(&peer),
+            Some(DataPath::HolePunched(Transport::Quic))
+        );
     }
 
     #[test]
@@ -371,10 +380,10 @@ mod tests {
             &dialer(circuit(relay, peer)),
         );
         c.relay_limit(relay, Some(0));
-        assert_eq!(c.data_path(&peer), Some(Path::Relayed));
+        assert_eq!(c.data_path(&peer), Some(DataPath::Relayed));
         assert_eq!(c.relay_limit_of(&relay), None);
         c.relay_limit(relay, Some(MIN_RELAY_DATA_BYTES));
-        assert_eq!(c.data_path(&peer), Some(Path::Relayed));
+        assert_eq!(c.data_path(&peer), Some(DataPath::Relayed));
     }
 
     #[test]

@@ -583,7 +583,10 @@ mod tests {
         let dir = Dir::open(&out).unwrap();
         let err = dir.subdir("sub", true).err().unwrap();
         assert!(matches!(err, PlaceError::NotOurs { .. }), "{err}");
-        assert!(matches!(dir.subdir("sub", false), Err(PlaceError::NotOurs { .. })));
+        assert!(matches!(
+            dir.subdir("sub", false),
+            Err(PlaceError::NotOurs { .. })
+        ));
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         assert!(dir.subdir("real", true).unwrap().is_some());
         assert!(out.join("real").is_dir());

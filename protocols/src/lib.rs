@@ -37,6 +37,9 @@ pub use types::{
 
 use libp2p::StreamProtocol;
 
+/// Protocol version every bitswarm node and tracker announces through identify.
+pub const IDENTIFY_PROTOCOL: &str = "/bitswarm/id/1";
+
 /// Protocol id of the peer -> tracker protocol (announce, lookup, search, stats).
 pub const TRACKER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bitswarm/tracker/1");
 

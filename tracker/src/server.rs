@@ -33,8 +33,7 @@ use crate::{
     Config, Error, Result,
 };
 
-/// Protocol version announced through identify.
-pub const IDENTIFY_PROTOCOL: &str = "/bitswarm/id/1";
+pub use bitswarm_protocols::IDENTIFY_PROTOCOL;
 /// How long [`Tracker::bind`] waits for every listener to report an address.
 pub const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds on how often lapsed registrations are looked for (a quarter of the TTL in between).

@@ -56,7 +56,7 @@ use crate::{
     client::{Downloaded, Outcome, Progress, Source},
     error::GetError,
     event_loop::{Held, TaskOutput, TrackerWaiter},
-    paths::Path,
+    paths::DataPath,
     place::{self, Dir, Finished, Opened, PlaceError},
     store::{self, StoreError},
     Event, EventLoop,
@@ -120,7 +120,7 @@ pub(crate) enum TaskDone {
 }
 
 /// One download's state.
-pub(crate) struct Download {
+pub(crate) struct DownloadState {
     key: LookupKey,
     out_dir: PathBuf,
     /// The output directory, already opened by the caller (collection entries, whose
@@ -200,7 +200,7 @@ struct Provider {
     /// Verified pieces it sent.
     pieces: u64,
     /// The connection its last verified piece came over.
-    path: Option<Path>,
+    path: Option<DataPath>,
     /// Since when it is connected only through a relay that carries no file data (waiting
     /// for a hole punch).
     signalling_since: Option<Instant>,
@@ -227,7 +227,7 @@ impl Provider {
     }
 }
 
-impl Download {
+impl DownloadState {
     fn what(&self) -> String {
         match &self.key {
             LookupKey::Id(f) => f.to_string(),
@@ -248,7 +248,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let key = get.key;
         info!(?key, out = %get.out_dir.display(), "download requested");
         let now = Instant::now();
-        let download = Download {
+        let download = DownloadState {
             key: key.clone(),
             out_dir: get.out_dir,
             dir: get.dir,

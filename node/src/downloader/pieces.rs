@@ -191,7 +191,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     );
                 }
                 Err(StoreError::Io(source)) => {
-                    let Some(Download {
+                    let Some(DownloadState {
                         file: Some(file),
                         phase: Phase::Transfer { dir, .. },
                         ..
@@ -352,7 +352,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        let Download {
+        let DownloadState {
             file: Some(file),
             phase: Phase::Transfer { picker, .. },
             providers,
