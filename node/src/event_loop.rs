@@ -136,6 +136,8 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     pub(crate) transfer_pending: HashMap<OutboundRequestId, TransferRequest>,
     pub(crate) serving_reads: usize,
     pub(crate) stats: LocalStats,
+    /// The randomness of piece picking (seeded from the OS; the pure parts take it as input).
+    pub(crate) rng: rand::rngs::StdRng,
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
@@ -169,6 +171,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             transfer_pending: HashMap::new(),
             serving_reads: 0,
             stats: LocalStats::default(),
+            rng: rand::SeedableRng::from_entropy(),
         }
     }
 

@@ -54,10 +54,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 .filter(|(_, p)| !p.complete && !p.dropped && !p.have_pending)
                 .map(|(peer, _)| *peer)
                 .collect();
-            let backed_off = dl.providers.values().any(|p| p.backoff);
-            for p in dl.providers.values_mut() {
-                p.backoff = false;
-            }
+            let backed_off = dl.providers.clear_backoff();
             if matches!(dl.phase, Phase::Transfer { .. }) {
                 for peer in partial {
                     self.request_have(id, peer);
@@ -146,7 +143,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if let Some(held) = self.held.get_mut(&file) {
             held.download = None;
         }
-        let providers_used = dl.providers.values().filter(|p| p.pieces > 0).count();
+        let providers_used = dl.providers.iter().filter(|(_, p)| p.pieces > 0).count();
         let mut sources: Vec<Source> = dl
             .providers
             .iter()

@@ -25,14 +25,9 @@ mod bitfield;
 mod lifecycle;
 pub(crate) mod picker;
 mod pieces;
+mod providers;
 
-use std::{
-    collections::{HashMap, HashSet},
-    fs::File,
-    path::PathBuf,
-    sync::Arc,
-    time::Instant,
-};
+use std::{fs::File, path::PathBuf, sync::Arc, time::Instant};
 
 pub(crate) use bitfield::Bitfield;
 use bitswarm_protocols::{
@@ -51,12 +46,14 @@ use libp2p::{
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use self::picker::PiecePicker;
+use self::{
+    picker::PiecePicker,
+    providers::{Admitted, Failure, Limits, Providers},
+};
 use crate::{
     client::{Downloaded, Outcome, Progress, Source},
     error::GetError,
     event_loop::{Held, TaskOutput, TrackerWaiter},
-    paths::DataPath,
     place::{self, Dir, Finished, Opened, PlaceError},
     store::{self, StoreError},
     Event, EventLoop,
@@ -81,20 +78,6 @@ enum Want {
     Manifest,
     Have,
     Piece(PieceIndex),
-}
-
-/// How a request ended without its answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// The provider cannot serve this file: drop it.
-    Fatal,
-    /// No answer in time: shrink its window, drop it after a few.
-    Timeout,
-    /// It is overloaded: shrink its window, try again later.
-    Busy,
-    /// The connection it went over closed while another to the same peer lives (a relayed
-    /// one closed after a hole punch): ask again, no penalty.
-    Retry,
 }
 
 /// Results of a download's blocking tasks.
@@ -140,7 +123,7 @@ pub(crate) struct DownloadState {
     file: Option<FileId>,
     /// The final name, known once the manifest is verified.
     final_name: Option<FileName>,
-    providers: HashMap<PeerId, Provider>,
+    providers: Providers,
     phase: Phase,
     /// Last time a provider joined or sent something useful; `provider_wait` runs from here.
     last_progress: Instant,
@@ -175,58 +158,6 @@ enum Phase {
     },
 }
 
-#[derive(Debug)]
-struct Provider {
-    /// Announced as holding every piece.
-    complete: bool,
-    /// Its pieces, once known (complete providers: as soon as the manifest is).
-    have: Option<Bitfield>,
-    /// Pieces requested from it and not yet stored or failed.
-    in_flight: HashSet<PieceIndex>,
-    /// Current window (fractional so it can grow by 1/window per piece).
-    window: f64,
-    /// Timeouts since its last delivered piece.
-    timeouts: u32,
-    /// Not used for this download (until a re-lookup re-admits it, unless `banned`).
-    dropped: bool,
-    /// Sent bad data: never used again for this file.
-    banned: bool,
-    /// Answered `Busy`: no new requests until the next housekeeping tick.
-    backoff: bool,
-    asked_manifest: bool,
-    have_pending: bool,
-    /// Pieces that timed out at this provider: asked elsewhere.
-    timed_out: HashSet<PieceIndex>,
-    /// Verified pieces it sent.
-    pieces: u64,
-    /// The connection its last verified piece came over.
-    path: Option<DataPath>,
-    /// Since when it is connected only through a relay that carries no file data (waiting
-    /// for a hole punch).
-    signalling_since: Option<Instant>,
-}
-
-impl Provider {
-    fn new(complete: bool, window: usize) -> Self {
-        Provider {
-            complete,
-            have: None,
-            in_flight: HashSet::new(),
-            window: window as f64,
-            timeouts: 0,
-            dropped: false,
-            banned: false,
-            backoff: false,
-            asked_manifest: false,
-            have_pending: false,
-            timed_out: HashSet::new(),
-            pieces: 0,
-            path: None,
-            signalling_since: None,
-        }
-    }
-}
-
 impl DownloadState {
     fn what(&self) -> String {
         match &self.key {
@@ -237,6 +168,15 @@ impl DownloadState {
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
+    fn limits(&self) -> Limits {
+        Limits {
+            window: self.config.window,
+            max_window: self.config.max_window,
+            max_in_flight: self.config.max_in_flight,
+            max_timeouts: self.config.max_provider_failures,
+        }
+    }
+
     pub(crate) fn start_download(
         &mut self,
         get: crate::command::Get,
@@ -260,7 +200,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             started: now,
             file: None,
             final_name: None,
-            providers: HashMap::new(),
+            providers: Providers::new(self.limits()),
             phase: Phase::Locating,
             last_progress: now,
             next_lookup: now + self.config.relookup_interval,
@@ -412,30 +352,23 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         from_tracker: bool,
     ) {
         let local = *self.swarm.local_peer_id();
-        let window = self.config.window;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        let had_active = dl.providers.values().any(|p| !p.dropped);
+        let had_active = dl.providers.active() > 0;
         let mut added = Vec::new();
         let mut new = 0;
         for provider in providers.into_iter().filter(|p| p.peer != local) {
             for addr in crate::paths::prefer_tcp(provider.addrs) {
                 self.swarm.add_peer_address(provider.peer, addr);
             }
-            let slot = dl.providers.entry(provider.peer);
-            match slot {
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(Provider::new(provider.complete, window));
-                    new += 1;
-                }
-                std::collections::hash_map::Entry::Occupied(mut slot) => {
-                    let old = slot.get();
-                    if !(from_tracker && old.dropped && !old.banned) {
-                        continue;
-                    }
-                    slot.insert(Provider::new(provider.complete, window));
-                }
+            match dl
+                .providers
+                .admit(provider.peer, provider.complete, from_tracker)
+            {
+                Admitted::New => new += 1,
+                Admitted::Readmitted => {}
+                Admitted::Unchanged => continue,
             }
             added.push(provider.peer);
         }
@@ -446,7 +379,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             dl.last_progress = Instant::now();
         }
         if !added.is_empty() {
-            debug!(file = ?dl.file, added = added.len(), total = dl.providers.len(), "providers joined");
+            debug!(file = ?dl.file, added = added.len(), active = dl.providers.active(), "providers joined");
         }
         for peer in added {
             self.init_provider(id, peer);
@@ -461,7 +394,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let id = self
             .downloads
             .iter()
-            .find(|(_, d)| d.file == Some(file) && !d.providers.contains_key(&peer))
+            .find(|(_, d)| d.file == Some(file) && !d.providers.contains(&peer))
             .map(|(id, _)| *id);
         if let Some(id) = id {
             self.add_providers(
@@ -487,16 +420,15 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         else {
             return;
         };
-        let Some(p) = dl.providers.get_mut(&peer) else {
+        let Some(p) = dl.providers.get(&peer) else {
             return;
         };
         if p.dropped || p.have.is_some() {
             return;
         }
         if p.complete {
-            let full = Bitfield::full(manifest.lengths());
-            picker.add_provider(&full);
-            p.have = Some(full);
+            dl.providers
+                .set_have(&peer, Bitfield::full(manifest.lengths()), picker);
         } else {
             self.request_have(id, peer);
         }
@@ -638,58 +570,31 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         failure: Failure,
         why: &dyn std::fmt::Display,
     ) {
-        let max_timeouts = self.config.max_provider_failures;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        let Some(p) = dl.providers.get_mut(&peer) else {
-            return;
+        let picker = match &mut dl.phase {
+            Phase::Transfer { picker, .. } => Some(picker),
+            _ => None,
         };
-        match want {
-            Want::Manifest => dl.manifest_pending = false,
-            Want::Have => p.have_pending = false,
-            Want::Piece(piece) => {
-                // A dropped provider's pieces went back to the picker already; returning one
-                // twice would mark it missing while another provider is fetching it.
-                if p.in_flight.remove(&piece) {
-                    if let Phase::Transfer { picker, .. } = &mut dl.phase {
-                        picker.failed(piece);
-                    }
-                }
+        let (piece, manifest) = match want {
+            Want::Manifest => {
+                dl.manifest_pending = false;
+                (None, true)
             }
-        }
-        let drop_it = match failure {
-            Failure::Fatal => true,
-            Failure::Timeout => {
-                if let Want::Manifest = want {
-                    p.asked_manifest = false;
+            Want::Have => {
+                if let Some(p) = dl.providers.get_mut(&peer) {
+                    p.have_pending = false;
                 }
-                p.timeouts += 1;
-                p.window = (p.window / 2.0).max(1.0);
-                if let Want::Piece(piece) = want {
-                    p.timed_out.insert(piece);
-                }
-                p.timeouts >= max_timeouts
+                (None, false)
             }
-            Failure::Busy => {
-                p.window = (p.window - 1.0).max(1.0);
-                // No new requests to it until a piece arrives or the next housekeeping tick: no
-                // request/Busy loop at round-trip speed.
-                p.backoff = true;
-                if let Want::Manifest = want {
-                    p.asked_manifest = false;
-                }
-                false
-            }
-            Failure::Retry => {
-                if let Want::Manifest = want {
-                    p.asked_manifest = false;
-                }
-                false
-            }
+            Want::Piece(piece) => (Some(piece), false),
         };
-        if drop_it {
-            self.drop_provider(id, peer, why);
+        if dl
+            .providers
+            .on_failure(&peer, piece, manifest, failure, picker)
+        {
+            self.drop_provider(id, peer, false, why);
         }
         self.request_manifest(id);
         self.schedule(id);
@@ -699,7 +604,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     fn downloads_using(&self, peer: PeerId) -> Vec<DownloadId> {
         self.downloads
             .iter()
-            .filter(|(_, d)| d.providers.get(&peer).is_some_and(|p| !p.dropped))
+            .filter(|(_, d)| d.providers.uses(&peer))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -734,7 +639,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let ids = self.downloads_using(peer);
         let reason = format!("cannot dial: {why}");
         for id in ids {
-            self.drop_provider(id, peer, &reason);
+            self.drop_provider(id, peer, false, &reason);
             self.request_manifest(id);
             self.schedule(id);
         }
@@ -761,7 +666,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         let ids = self.downloads_using(peer);
         for id in ids {
-            self.drop_provider(id, peer, &reason);
+            self.drop_provider(id, peer, false, &reason);
             self.schedule(id);
         }
         // A fresh relayed connection (after a re-lookup) gives DCUtR a fresh try.
@@ -770,25 +675,24 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
     }
 
-    /// Drops `peer` for this download: its requests' pieces go back to the picker.
-    fn drop_provider(&mut self, id: DownloadId, peer: PeerId, why: &dyn std::fmt::Display) {
+    /// Drops `peer` for this download (`banned`: for good): its requests' pieces go back to
+    /// the picker.
+    fn drop_provider(
+        &mut self,
+        id: DownloadId,
+        peer: PeerId,
+        banned: bool,
+        why: &dyn std::fmt::Display,
+    ) {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        let Some(p) = dl.providers.get_mut(&peer) else {
-            return;
+        let picker = match &mut dl.phase {
+            Phase::Transfer { picker, .. } => Some(picker),
+            _ => None,
         };
-        if p.dropped {
+        if !dl.providers.drop_peer(&peer, banned, picker) {
             return;
-        }
-        p.dropped = true;
-        if let Phase::Transfer { picker, .. } = &mut dl.phase {
-            if let Some(have) = p.have.take() {
-                picker.remove_provider(&have);
-            }
-            for piece in p.in_flight.drain() {
-                picker.failed(piece);
-            }
         }
         warn!(%peer, file = ?dl.file, reason = %why, "provider dropped");
         dl.last_problem = Some(format!("{peer}: {why}"));

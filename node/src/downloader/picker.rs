@@ -74,19 +74,21 @@ impl PiecePicker {
         }
     }
 
-    /// Up to `n` missing pieces that `have` holds, rarest first, marked requested. `skip`
-    /// excludes pieces (for example ones that just timed out at this provider).
+    /// Up to `n` missing pieces that `have` holds, rarest first (ties broken from a starting
+    /// point drawn from `rng`), marked requested. `skip` excludes pieces (for example ones that
+    /// just timed out at this provider).
     pub(crate) fn pick(
         &mut self,
         have: &Bitfield,
         n: usize,
         skip: impl Fn(PieceIndex) -> bool,
+        rng: &mut impl Rng,
     ) -> Vec<PieceIndex> {
         if n == 0 || self.missing == 0 {
             return Vec::new();
         }
         let count = self.lengths.piece_count();
-        let start = rand::thread_rng().gen_range(0..count);
+        let start = rng.gen_range(0..count);
         // (availability, distance from the random start, piece): sorting on the first two gives
         // rarest first and a random order among equals.
         let mut candidates: Vec<(u16, u32, PieceIndex)> = self
@@ -182,6 +184,11 @@ impl PiecePicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
 
     fn lengths(pieces: u32) -> Lengths {
         Lengths::new(u64::from(pieces) * 16384, 16384).unwrap()
@@ -202,13 +209,13 @@ mod tests {
         let full = Bitfield::full(&l);
         p.add_provider(&full);
         let mut got: Vec<u32> = p
-            .pick(&full, 10, |_| false)
+            .pick(&full, 10, |_| false, &mut rng())
             .iter()
             .map(|i| i.get())
             .collect();
         got.sort_unstable();
         assert_eq!(got, [0, 1, 2, 3, 4]);
-        assert!(p.pick(&full, 1, |_| false).is_empty());
+        assert!(p.pick(&full, 1, |_| false, &mut rng()).is_empty());
     }
 
     #[test]
@@ -221,7 +228,7 @@ mod tests {
         p.add_provider(&bits(&l, &[0, 1]));
         // Availability: 0 -> 3, 1 -> 3, 2 -> 1, 3 -> 2.
         let first: Vec<u32> = p
-            .pick(&seeder, 2, |_| false)
+            .pick(&seeder, 2, |_| false, &mut rng())
             .iter()
             .map(|i| i.get())
             .collect();
@@ -234,7 +241,7 @@ mod tests {
         let mut p = PiecePicker::new(l);
         let partial = bits(&l, &[1]);
         p.add_provider(&partial);
-        let got = p.pick(&partial, 3, |_| false);
+        let got = p.pick(&partial, 3, |_| false, &mut rng());
         assert_eq!(got, [l.piece(1).unwrap()]);
     }
 
@@ -243,10 +250,10 @@ mod tests {
         let l = lengths(1);
         let full = Bitfield::full(&l);
         let mut p = PiecePicker::new(l);
-        let a = p.pick(&full, 1, |_| false)[0];
+        let a = p.pick(&full, 1, |_| false, &mut rng())[0];
         p.failed(a);
-        assert!(p.pick(&full, 1, |x| x == a).is_empty());
-        assert_eq!(p.pick(&full, 1, |_| false), [a]);
+        assert!(p.pick(&full, 1, |x| x == a, &mut rng()).is_empty());
+        assert_eq!(p.pick(&full, 1, |_| false, &mut rng()), [a]);
     }
 
     #[test]
@@ -254,7 +261,7 @@ mod tests {
         let l = lengths(ENDGAME_MAX_OUTSTANDING + 1);
         let full = Bitfield::full(&l);
         let mut p = PiecePicker::new(l);
-        let all = p.pick(&full, 64, |_| false);
+        let all = p.pick(&full, 64, |_| false, &mut rng());
         assert!(p.pick_endgame(&full, |_| false).is_none());
         assert!(p.stored(all[0]));
         assert!(p.pick_endgame(&full, |_| false).is_some());
@@ -265,7 +272,7 @@ mod tests {
         let l = lengths(2);
         let full = Bitfield::full(&l);
         let mut p = PiecePicker::new(l);
-        let both = p.pick(&full, 2, |_| false);
+        let both = p.pick(&full, 2, |_| false, &mut rng());
         assert_eq!(both.len(), 2);
         let dup = p.pick_endgame(&full, |x| x == both[0]).unwrap();
         assert_eq!(dup, both[1]);

@@ -106,15 +106,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 &"malformed bitfield",
             );
         };
-        if p.dropped || p.have.as_ref() == Some(&have) {
-            return;
+        if dl.providers.set_have(&peer, have, picker) {
+            self.schedule(id);
         }
-        if let Some(old) = p.have.take() {
-            picker.remove_provider(&old);
-        }
-        picker.add_provider(&have);
-        p.have = Some(have);
-        self.schedule(id);
     }
 
     pub(super) fn on_piece(
@@ -141,9 +135,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
         if picker.has(piece) {
             // An endgame copy that lost the race: drop it.
-            if let Some(p) = dl.providers.get_mut(&peer) {
-                p.in_flight.remove(&piece);
-            }
+            dl.providers.on_discarded(&peer, piece);
             bitswarm_protocols::buffers::give(bytes);
             return self.schedule(id);
         }
@@ -174,21 +166,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 Err(StoreError::BadPiece) => {
                     self.stats.bad_pieces += 1;
                     warn!(%peer, %piece, "piece failed verification");
+                    // Banned for the file; the piece goes back with its other requests.
                     let why = "sent a piece that failed verification";
-                    if let Some(p) = self
-                        .downloads
-                        .get_mut(&download)
-                        .and_then(|d| d.providers.get_mut(&peer))
-                    {
-                        p.banned = true;
-                    }
-                    self.on_request_failed(
-                        download,
-                        peer,
-                        Want::Piece(piece),
-                        Failure::Fatal,
-                        &why,
-                    );
+                    self.drop_provider(download, peer, true, &why);
+                    self.request_manifest(download);
+                    self.schedule(download);
                 }
                 Err(StoreError::Io(source)) => {
                     let Some(DownloadState {
@@ -254,7 +236,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if complete {
             return self.finish(id);
         }
-        let peers: Vec<PeerId> = dl.providers.keys().copied().collect();
+        let peers = dl.providers.peers();
         for peer in peers {
             self.init_provider(id, peer);
         }
@@ -306,7 +288,6 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     pub(super) fn on_piece_stored(&mut self, id: DownloadId, peer: PeerId, piece: PieceIndex) {
-        let max_window = self.config.max_window as f64;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
@@ -316,25 +297,15 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         else {
             return;
         };
-        if let Some(p) = dl.providers.get_mut(&peer) {
-            let was_full = p.in_flight.len() as f64 >= p.window.floor();
-            p.in_flight.remove(&piece);
-            p.pieces += 1;
-            p.timeouts = 0;
-            if was_full {
-                p.window = (p.window + 1.0 / p.window).min(max_window);
-            }
-        }
+        dl.providers.on_stored(&peer, piece);
         // A stored piece paces the retries of providers that answered `Busy`.
-        for p in dl.providers.values_mut() {
-            p.backoff = false;
-        }
+        dl.providers.clear_backoff();
         if picker.stored(piece) {
             let len = u64::from(manifest.lengths().piece_len(piece));
             self.stats.downloaded += len;
             dl.fetched += len;
             dl.last_progress = Instant::now();
-            let active = dl.providers.values().filter(|p| !p.dropped).count();
+            let active = dl.providers.active();
             dl.progress.send_modify(|p| {
                 p.done += len;
                 p.providers = active;
@@ -346,9 +317,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         self.schedule(id);
     }
 
-    /// Fills every provider's window: rarest missing pieces first, then endgame duplicates.
+    /// Fills every provider's window (see [`Providers::plan`]) and sends the requests.
     pub(crate) fn schedule(&mut self, id: DownloadId) {
-        let max_in_flight = self.config.max_in_flight;
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
@@ -362,69 +332,34 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             return;
         };
         let file = *file;
-        let mut total: usize = providers.values().map(|p| p.in_flight.len()).sum();
-        // Fill the emptiest windows first so a cap on the total spreads over providers.
+        // Pieces go only over a connection that can carry them: not before the peer is
+        // connected (the dial may end up relayed), nor over a relay meant for hole punching.
         let connections = &self.connections;
-        let mut to_dial = Vec::new();
-        let mut order: Vec<(&PeerId, &mut Provider)> = Vec::new();
-        for (peer, p) in providers.iter_mut() {
-            if p.dropped || p.backoff || p.have.is_none() {
-                continue;
-            }
-            // Pieces go only over a connection that can carry them: not before the peer is
-            // connected (the dial may end up relayed), nor over a relay meant for hole
-            // punching only.
-            if connections.data_path(peer).is_some() {
-                order.push((peer, p));
-            } else if !connections.is_connected(peer) && p.in_flight.is_empty() {
-                to_dial.push(*peer);
-            }
+        let plan = providers.plan(
+            picker,
+            |peer| connections.data_path(peer).is_some(),
+            |peer| connections.is_connected(peer),
+            &mut self.rng,
+        );
+        for (peer, piece) in plan.requests {
+            let request = transfer::Request::Piece {
+                id: file,
+                index: piece.get(),
+            };
+            let request_id = self
+                .swarm
+                .behaviour_mut()
+                .transfer
+                .send_request(&peer, request);
+            self.transfer_pending.insert(
+                request_id,
+                TransferRequest {
+                    download: id,
+                    want: Want::Piece(piece),
+                },
+            );
         }
-        order.sort_by_key(|(_, p)| p.in_flight.len());
-        for (peer, p) in order {
-            let Some(have) = &p.have else { continue };
-            let room = (p.window.floor() as usize)
-                .saturating_sub(p.in_flight.len())
-                .min(max_in_flight.saturating_sub(total));
-            let timed_out = &p.timed_out;
-            let mut picks = picker.pick(have, room, |x| timed_out.contains(&x));
-            if picks.len() < room && !p.timed_out.is_empty() {
-                // Nothing else to give it: a piece that timed out here may be asked again
-                // (with a single provider there is nobody else to ask).
-                p.timed_out.clear();
-                picks.extend(picker.pick(have, room - picks.len(), |_| false));
-            }
-            while picks.len() < room {
-                let in_flight = &p.in_flight;
-                let Some(dup) =
-                    picker.pick_endgame(have, |x| in_flight.contains(&x) || picks.contains(&x))
-                else {
-                    break;
-                };
-                picks.push(dup);
-            }
-            total += picks.len();
-            for piece in picks {
-                let request = transfer::Request::Piece {
-                    id: file,
-                    index: piece.get(),
-                };
-                let request_id = self
-                    .swarm
-                    .behaviour_mut()
-                    .transfer
-                    .send_request(peer, request);
-                self.transfer_pending.insert(
-                    request_id,
-                    TransferRequest {
-                        download: id,
-                        want: Want::Piece(piece),
-                    },
-                );
-                p.in_flight.insert(piece);
-            }
-        }
-        for peer in to_dial {
+        for peer in plan.dial {
             self.dial_provider(peer);
         }
     }
