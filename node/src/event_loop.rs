@@ -34,6 +34,7 @@ use tokio::{
 use tracing::{debug, info, trace, warn};
 
 use crate::{
+    backoff::Backoff,
     behaviour::{Behaviour, BehaviourEvent},
     client::{LocalStats, SharedFile},
     command::Command,
@@ -121,7 +122,7 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     pub(crate) tracker_addr: Option<Multiaddr>,
     pub(crate) tracker: TrackerLink,
     /// Delay before redialing the tracker after losing it; doubles up to the announce interval.
-    tracker_backoff: Duration,
+    tracker_backoff: Backoff,
     pub(crate) nat: NatState,
     pub(crate) connections: Connections,
     tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
@@ -156,7 +157,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             config,
             tasks: JoinSet::new(),
             tracker: TrackerLink::Idle,
-            tracker_backoff: crate::nat::MIN_RETRY,
+            tracker_backoff: Backoff::new(crate::nat::MIN_RETRY, DEFAULT_ANNOUNCE_INTERVAL),
             nat: NatState::new(tcp_listeners),
             connections: Connections::default(),
             tracker_pending: HashMap::new(),
@@ -490,7 +491,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         info!(tracker = %peer, "connected to tracker");
         self.swarm.add_peer_address(peer, addr.clone());
         self.tracker = TrackerLink::Connected(peer);
-        self.tracker_backoff = crate::nat::MIN_RETRY;
+        self.tracker_backoff.reset();
         self.on_tracker_link(peer, addr);
         self.emit(Event::TrackerConnected { peer });
         for (request, waiter) in queued {
@@ -511,8 +512,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         }
         if self.next_announce.is_some() {
-            self.next_announce = Some(Instant::now() + self.tracker_backoff);
-            self.tracker_backoff = (self.tracker_backoff * 2).min(self.announce_interval);
+            self.next_announce = Some(self.tracker_backoff.failed(Instant::now()));
         }
     }
 
@@ -522,7 +522,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         warn!("lost the tracker; reconnecting");
         self.tracker = TrackerLink::Idle;
         if self.next_announce.is_some() {
-            self.next_announce = Some(Instant::now() + self.tracker_backoff);
+            self.next_announce = Some(Instant::now() + self.tracker_backoff.delay());
         }
     }
 
@@ -665,6 +665,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 let (lo, hi) = ANNOUNCE_INTERVAL_RANGE;
                 self.announce_interval =
                     Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
+                self.tracker_backoff.set_max(self.announce_interval);
                 self.next_announce = Some(Instant::now() + self.announce_interval);
                 debug!(interval = ?self.announce_interval, "announced");
             }

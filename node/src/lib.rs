@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod behaviour;
 mod client;
 mod command;

@@ -23,7 +23,7 @@ use libp2p::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{event_loop::TrackerLink, EventLoop};
+use crate::{backoff::Backoff, event_loop::TrackerLink, EventLoop};
 
 /// Most time spent waiting for listeners to bind before dialing the tracker.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
@@ -42,7 +42,7 @@ pub(crate) struct NatState {
     /// The circuit listener at the tracker's relay.
     reservation: Option<ListenerId>,
     next_reservation: Instant,
-    reservation_backoff: Duration,
+    reservation_backoff: Backoff,
     /// AutoNAT confirmed a public address.
     public: bool,
 }
@@ -54,7 +54,7 @@ impl NatState {
             tcp_listeners,
             reservation: None,
             next_reservation: Instant::now(),
-            reservation_backoff: MIN_RETRY,
+            reservation_backoff: Backoff::new(MIN_RETRY, MAX_RETRY),
             public: false,
         }
     }
@@ -131,8 +131,7 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
         if Some(listener) == self.nat.reservation {
             warn!(%reason, "relay reservation at the tracker closed; will reserve again");
             self.nat.reservation = None;
-            self.nat.next_reservation = Instant::now() + self.nat.reservation_backoff;
-            self.nat.reservation_backoff = (self.nat.reservation_backoff * 2).min(MAX_RETRY);
+            self.nat.next_reservation = self.nat.reservation_backoff.failed(Instant::now());
         } else {
             debug!(%reason, "listener closed");
         }
@@ -159,8 +158,7 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
             Ok(id) => self.nat.reservation = Some(id),
             Err(error) => {
                 warn!(%addr, %error, "cannot reserve a relay slot");
-                self.nat.next_reservation = Instant::now() + self.nat.reservation_backoff;
-                self.nat.reservation_backoff = (self.nat.reservation_backoff * 2).min(MAX_RETRY);
+                self.nat.next_reservation = self.nat.reservation_backoff.failed(Instant::now());
             }
         }
     }
@@ -212,7 +210,7 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
                 if !renewal {
                     info!(relay = %relay_peer_id, ?limit, "relay reservation accepted");
                 }
-                self.nat.reservation_backoff = MIN_RETRY;
+                self.nat.reservation_backoff.reset();
             }
             relay::client::Event::OutboundCircuitEstablished {
                 relay_peer_id,
