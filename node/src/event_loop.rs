@@ -17,7 +17,7 @@ use std::{
 
 use bitswarm_protocols::{
     tracker::{self, Announce, AnnouncedFile, FileRecord, FileSummary, Reply, Stats},
-    FileName, Manifest,
+    Manifest,
 };
 use futures::StreamExt;
 use libp2p::{
@@ -40,6 +40,7 @@ use crate::{
     command::Command,
     downloader::{DownloadId, DownloadState, TransferRequest},
     error::{Error, Result, ShareError},
+    holdings::Holdings,
     nat::NatState,
     paths::Connections,
     serve::ReadDone,
@@ -52,15 +53,6 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 /// Bounds on the interval a tracker may ask for.
 const ANNOUNCE_INTERVAL_RANGE: (u64, u64) = (1, 3600);
-
-/// A file this node can serve pieces of: complete (shared) or in download.
-#[derive(Debug)]
-pub(crate) struct Held {
-    pub(crate) manifest: Arc<Manifest>,
-    pub(crate) file: Arc<File>,
-    /// `None` when complete; otherwise the download whose picker knows which pieces are held.
-    pub(crate) download: Option<DownloadId>,
-}
 
 /// Results of blocking tasks.
 pub(crate) enum TaskOutput {
@@ -77,14 +69,6 @@ pub(crate) enum TaskOutput {
 pub(crate) enum Hashed {
     File(Manifest, File),
     Dir(store::HashedDir),
-}
-
-/// A directory this node shares: its collection's canonical encoding, served by id.
-#[derive(Debug)]
-pub(crate) struct HeldCollection {
-    pub(crate) name: FileName,
-    pub(crate) size: u64,
-    pub(crate) encoded: Arc<Vec<u8>>,
 }
 
 /// A share's answer, held until its announce is acknowledged.
@@ -130,8 +114,7 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     next_announce: Option<Instant>,
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
-    pub(crate) held: HashMap<bitswarm_protocols::FileId, Held>,
-    pub(crate) collections: HashMap<bitswarm_protocols::FileId, HeldCollection>,
+    pub(crate) holdings: Holdings,
     pub(crate) downloads: HashMap<DownloadId, DownloadState>,
     pub(crate) next_download: u64,
     pub(crate) transfer_pending: HashMap<OutboundRequestId, TransferRequest>,
@@ -165,8 +148,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             next_announce: None,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
-            held: HashMap::new(),
-            collections: HashMap::new(),
+            holdings: Holdings::default(),
             downloads: HashMap::new(),
             next_download: 0,
             transfer_pending: HashMap::new(),
@@ -305,10 +287,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                             skipped,
                         };
                         info!(collection = %shared.id, name = %shared.name, files = collection.entries().len(), path = %path.display(), "sharing directory");
-                        self.collections.insert(
-                            shared.id,
-                            HeldCollection { name: shared.name.clone(), size: shared.size, encoded: Arc::new(collection.encode()) },
-                        );
+                        self.holdings.add_collection(shared.id, shared.name.clone(), shared.size, collection.encode());
                         self.emit(Event::Shared { file: shared.clone() });
                         shared
                     }
@@ -335,14 +314,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             skipped: 0,
         };
         info!(file = %shared.id, name = %shared.name, size = shared.size, "sharing");
-        self.held.insert(
-            shared.id,
-            Held {
-                manifest: Arc::new(manifest),
-                file: Arc::new(file),
-                download: None,
-            },
-        );
+        self.holdings
+            .hold_complete(Arc::new(manifest), Arc::new(file));
         self.emit(Event::Shared {
             file: shared.clone(),
         });
@@ -497,7 +470,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         for (request, waiter) in queued {
             self.tracker_request(request, waiter);
         }
-        if self.config.announce_presence || self.held.values().any(|h| h.download.is_none()) {
+        if self.config.announce_presence || self.holdings.any_complete() {
             self.announce();
         }
     }
@@ -571,20 +544,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if self.tracker_addr.is_none() {
             return;
         }
-        let collections = self.collections.iter().map(|(id, c)| AnnouncedFile {
-            id: *id,
-            name: c.name.clone(),
-            size: c.size,
-            complete: true,
-        });
-        let files: Vec<AnnouncedFile> = collections
-            .chain(self.held.values().map(|h| AnnouncedFile {
-                id: h.manifest.id(),
-                name: h.manifest.name().clone(),
-                size: h.manifest.lengths().size(),
-                complete: h.download.is_none(),
-            }))
-            .collect();
+        let files = self.holdings.announced();
         // Circuit and confirmed external addresses first: the announce keeps only so many, and
         // a host with many interfaces must not crowd out the way to reach it through its NAT.
         let mut addrs: Vec<Multiaddr> = Vec::new();

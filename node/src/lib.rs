@@ -39,6 +39,7 @@ mod config;
 mod downloader;
 mod error;
 mod event_loop;
+mod holdings;
 pub mod identity;
 mod nat;
 mod paths;

@@ -166,7 +166,7 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
     /// Whether this node registers at the tracker (and so needs to be reachable): it announces
     /// its presence, or serves something.
     pub(crate) fn registers(&self) -> bool {
-        self.config.announce_presence || !self.held.is_empty() || !self.collections.is_empty()
+        self.config.announce_presence || !self.holdings.is_empty()
     }
 
     /// The tracker is connected: it is our AutoNAT server and relay.

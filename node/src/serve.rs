@@ -1,10 +1,11 @@
-//! Serving pieces: answers inbound transfer requests from what this node holds.
+//! Serving pieces: answers inbound transfer requests from what this node holds (the decision
+//! is [`crate::holdings::Holdings::answer`]; this file only sends it or runs the read).
 //!
 //! Piece reads run on blocking tasks (positioned reads of one piece), at most
 //! `config.max_serving_reads` at once; past that a request is answered `Busy` so a greedy peer
 //! cannot queue unbounded work or memory here.
 
-use std::{io, sync::Arc};
+use std::io;
 
 use bitswarm_protocols::{transfer, ErrorCode, FileId, PieceIndex};
 use libp2p::{
@@ -14,7 +15,7 @@ use libp2p::{
 };
 use tracing::{debug, trace, warn};
 
-use crate::{event_loop::TaskOutput, store, EventLoop};
+use crate::{event_loop::TaskOutput, holdings::Answer, store, EventLoop};
 
 /// A finished piece read, ready to send.
 pub(crate) struct ReadDone {
@@ -79,41 +80,21 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         | transfer::Request::Have { id }
         | transfer::Request::Piece { id, .. }) = request;
         self.on_interested_peer(peer, id);
-        let (id, index) = match request {
-            transfer::Request::Manifest { id } => {
-                let response = match (self.held.get(&id), self.collections.get(&id)) {
-                    (Some(held), _) => transfer::Response::Manifest(held.manifest.to_wire()),
-                    (None, Some(c)) => transfer::Response::Collection(c.encoded.as_ref().clone()),
-                    (None, None) => transfer::Response::Error(ErrorCode::NotFound),
-                };
-                debug!(%peer, file = %id, "manifest requested");
-                return self.respond(channel, response);
-            }
-            transfer::Request::Have { id } => {
-                let response = match self.held.get(&id) {
-                    Some(held) => transfer::Response::Have(self.bitfield_of(id, &held.manifest)),
-                    None => transfer::Response::Error(ErrorCode::NotFound),
-                };
-                return self.respond(channel, response);
-            }
-            transfer::Request::Piece { id, index } => (id, index),
-        };
-        let Some(held) = self.held.get(&id) else {
-            return self.respond(channel, transfer::Response::Error(ErrorCode::NotFound));
-        };
-        let lengths = *held.manifest.lengths();
-        let Ok(piece) = lengths.piece(index) else {
-            debug!(%peer, file = %id, index, "piece index out of range");
-            return self.respond(channel, transfer::Response::Error(ErrorCode::BadRequest));
-        };
-        if !self.holds_piece(id, piece) {
-            return self.respond(channel, transfer::Response::Error(ErrorCode::NotFound));
+        if let transfer::Request::Manifest { id } = request {
+            debug!(%peer, file = %id, "manifest requested");
         }
-        if self.serving_reads >= self.config.max_serving_reads {
-            return self.respond(channel, transfer::Response::Error(ErrorCode::Busy));
-        }
+        let answer =
+            self.holdings
+                .answer(&request, self.serving_reads, self.config.max_serving_reads);
+        let (file, lengths, piece) = match answer {
+            Answer::Respond(response) => return self.respond(channel, response),
+            Answer::Read {
+                file,
+                lengths,
+                piece,
+            } => (file, lengths, piece),
+        };
         self.serving_reads += 1;
-        let file = Arc::clone(&held.file);
         self.tasks.spawn_blocking(move || {
             let result = store::read_piece(&file, &lengths, piece);
             TaskOutput::PieceRead(ReadDone {

@@ -140,9 +140,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             Ok(Finished::Renamed) => {}
         }
-        if let Some(held) = self.held.get_mut(&file) {
-            held.download = None;
-        }
+        self.holdings.completed(&file, id);
         let providers_used = dl.providers.iter().filter(|(_, p)| p.pieces > 0).count();
         let mut sources: Vec<Source> = dl
             .providers
@@ -180,8 +178,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             return;
         };
         if let Some(file) = dl.file {
-            if self.held.get(&file).is_some_and(|h| h.download == Some(id)) {
-                self.held.remove(&file);
+            if self.holdings.release(&file, id) {
                 self.tracker_request(
                     tracker::Request::Unannounce { id: file },
                     TrackerWaiter::Unannounce,
@@ -191,40 +188,6 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         warn!(file = ?dl.file, %error, "download failed");
         if let Some(reply) = dl.reply.take() {
             let _ = reply.send(Err(error));
-        }
-    }
-
-    /// Whether this node holds `piece` of `file` (complete, or verified during a download).
-    pub(crate) fn holds_piece(&self, file: FileId, piece: PieceIndex) -> bool {
-        match self.held.get(&file).map(|h| h.download) {
-            Some(None) => true,
-            Some(Some(dl)) => match self.downloads.get(&dl).map(|d| &d.phase) {
-                Some(Phase::Transfer { picker, .. }) => picker.has(piece),
-                // Every piece is verified and written; only the rename is pending.
-                Some(Phase::Finishing { .. }) => true,
-                _ => false,
-            },
-            None => false,
-        }
-    }
-
-    /// The wire bitfield of the pieces of `file` this node holds.
-    pub(crate) fn bitfield_of(&self, file: FileId, manifest: &Manifest) -> Vec<u8> {
-        match self
-            .held
-            .get(&file)
-            .and_then(|h| h.download)
-            .and_then(|dl| self.picker_of(dl))
-        {
-            Some(picker) => picker.held().to_wire(),
-            None => Bitfield::full(manifest.lengths()).to_wire(),
-        }
-    }
-
-    pub(super) fn picker_of(&self, id: DownloadId) -> Option<&PiecePicker> {
-        match &self.downloads.get(&id)?.phase {
-            Phase::Transfer { picker, .. } => Some(picker),
-            _ => None,
         }
     }
 }

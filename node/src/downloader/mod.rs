@@ -53,7 +53,7 @@ use self::{
 use crate::{
     client::{Downloaded, Outcome, Progress, Source},
     error::GetError,
-    event_loop::{Held, TaskOutput, TrackerWaiter},
+    event_loop::{TaskOutput, TrackerWaiter},
     place::{self, Dir, Finished, Opened, PlaceError},
     store::{self, StoreError},
     Event, EventLoop,
@@ -65,6 +65,13 @@ const LOOKUP_LIMIT: u32 = 200;
 /// Local handle of one download in the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct DownloadId(u64);
+
+impl DownloadId {
+    #[cfg(test)]
+    pub(crate) fn for_test(n: u64) -> Self {
+        DownloadId(n)
+    }
+}
 
 /// What an outbound transfer request is for.
 #[derive(Debug)]

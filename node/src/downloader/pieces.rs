@@ -222,11 +222,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         dl.last_progress = Instant::now();
         let complete = picker.is_complete();
         // A complete copy this node already serves keeps serving; otherwise serve what arrives.
-        self.held.entry(manifest.id()).or_insert_with(|| Held {
-            manifest: Arc::clone(&manifest),
-            file: Arc::clone(&file),
-            download: Some(id),
-        });
+        self.holdings.hold_partial(
+            Arc::clone(&manifest),
+            Arc::clone(&file),
+            id,
+            picker.held().clone(),
+        );
         dl.phase = Phase::Transfer {
             manifest,
             file,
@@ -265,11 +266,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             p.total = size;
             p.done = size;
         });
-        self.held.entry(file_id).or_insert_with(|| Held {
-            manifest,
-            file: Arc::new(file),
-            download: None,
-        });
+        self.holdings.hold_complete(manifest, Arc::new(file));
         let done = Downloaded {
             id: file_id,
             path,
@@ -301,6 +298,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         // A stored piece paces the retries of providers that answered `Busy`.
         dl.providers.clear_backoff();
         if picker.stored(piece) {
+            self.holdings.verified(&manifest.id(), id, piece);
             let len = u64::from(manifest.lengths().piece_len(piece));
             self.stats.downloaded += len;
             dl.fetched += len;
