@@ -208,7 +208,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, GetError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(GetError::Node(Error::NodeStopped)),
+        Err(_) => Err(GetError::TaskFailed),
     }
 }
 

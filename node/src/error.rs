@@ -139,6 +139,9 @@ pub enum GetError {
         /// The limit.
         max: u64,
     },
+    /// A disk task of the download failed unexpectedly (a bug); the `.part` file is kept.
+    #[error("internal error: a disk task of the download failed (the .part file is kept)")]
+    TaskFailed,
     /// Where the file lands: it exists, is locked, no space, a planted link, a full disk.
     #[error(transparent)]
     Place(#[from] crate::place::PlaceError),

@@ -134,7 +134,7 @@ pub(crate) struct Dir {
 /// The result of looking at a name in a [`Dir`] without following a link.
 enum Entry {
     Missing,
-    File { size: u64, dev: u64, ino: u64 },
+    File { size: u64 },
     Dir,
     Other,
 }
@@ -183,8 +183,6 @@ impl Dir {
             Ok(st) => Ok(match FileType::from_raw_mode(st.st_mode) {
                 FileType::RegularFile => Entry::File {
                     size: u64::try_from(st.st_size).unwrap_or(0),
-                    dev: st.st_dev,
-                    ino: st.st_ino,
                 },
                 FileType::Directory => Entry::Dir,
                 _ => Entry::Other,
@@ -264,6 +262,38 @@ impl Dir {
         rustix::fs::linkat(&*self.fd, from, &*self.fd, to, AtFlags::empty())?;
         rustix::fs::unlinkat(&*self.fd, from, AtFlags::empty())?;
         Ok(())
+    }
+
+    /// Renames the directory `from` to `to` without replacing `to`. Directories cannot be
+    /// hard-linked, so a file system without `RENAME_NOREPLACE` gets a clear error rather than
+    /// a rename that could replace.
+    fn rename_dir_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+        match rustix::fs::renameat_with(
+            &*self.fd,
+            from,
+            &*self.fd,
+            to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+            other => return other.map_err(Into::into),
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this file system cannot rename a directory without replacing; the files are in \
+             the .bitswarm-*.dir directory beside it",
+        ))
+    }
+
+    /// Whether `name` is, right now, the file or directory `meta` describes (same device and
+    /// inode; a link there is not).
+    fn is_entry(&self, name: &str, meta: &std::fs::Metadata) -> Result<bool, PlaceError> {
+        match rustix::fs::statat(&*self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(st.st_dev == meta.dev() && st.st_ino == meta.ino()),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(self.io_err(name)(e.into())),
+        }
     }
 
     /// Makes the directory's entries (a rename) durable.
@@ -410,12 +440,6 @@ pub(crate) fn open_download(
         path: part_path.clone(),
         source,
     };
-    let meta = file.metadata().map_err(&io_err)?;
-    if !meta.is_file() {
-        return Err(PlaceError::NotOurs {
-            path: dir.join(&part),
-        });
-    }
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -426,7 +450,19 @@ pub(crate) fn open_download(
         }
         Err(TryLockError::Error(e)) => return Err(io_err(e)),
     }
-    // Locked: from here on nobody else writes it.
+    // Locked: from here on no other download writes it. It must still be the file at that
+    // name (another download may have renamed or removed it before we locked), a regular file
+    // of ours with no other name (a hard link planted there would be written through).
+    let meta = file.metadata().map_err(&io_err)?;
+    let ours = meta.is_file()
+        && meta.nlink() == 1
+        && meta.uid() == rustix::process::geteuid().as_raw()
+        && dir.is_entry(&part, &meta)?;
+    if !ours {
+        return Err(PlaceError::NotOurs {
+            path: dir.join(&part),
+        });
+    }
     let existed = meta.len() > 0;
     if meta.len() != size {
         file.set_len(size).map_err(&io_err)?;
@@ -469,26 +505,30 @@ pub(crate) fn finish(
     let io_err = dir.io_err(&part);
     file.sync_all().map_err(&io_err)?;
     let meta = file.metadata().map_err(&io_err)?;
-    match dir.entry(&part)? {
-        Entry::File { dev, ino, .. } if dev == meta.dev() && ino == meta.ino() => {}
-        _ => {
-            return Err(PlaceError::NotOurs {
-                path: dir.join(&part),
-            })
+    if !dir.is_entry(&part, &meta)? {
+        return Err(PlaceError::NotOurs {
+            path: dir.join(&part),
+        });
+    }
+    // A name that exists at the rename but is gone when looked at is tried again, a few times.
+    for _ in 0..3 {
+        match dir.rename_noreplace(&part, name.as_str()) {
+            Ok(()) => {
+                dir.sync()?;
+                return Ok(Finished::Renamed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if present(dir, name.as_str(), id, meta.len())?.is_some() {
+                    let _ = rustix::fs::unlinkat(&*dir.fd, part.as_str(), AtFlags::empty());
+                    return Ok(Finished::AlreadyThere);
+                }
+            }
+            Err(e) => return Err(dir.io_err(name.as_str())(e)),
         }
     }
-    match dir.rename_noreplace(&part, name.as_str()) {
-        Ok(()) => {
-            dir.sync()?;
-            Ok(Finished::Renamed)
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            present(dir, name.as_str(), id, meta.len())?;
-            let _ = rustix::fs::unlinkat(&*dir.fd, part.as_str(), AtFlags::empty());
-            Ok(Finished::AlreadyThere)
-        }
-        Err(e) => Err(dir.io_err(name.as_str())(e)),
-    }
+    Err(PlaceError::Exists {
+        path: dir.join(name.as_str()),
+    })
 }
 
 /// Gives a gathered collection directory its final name, without replacing anything.
@@ -500,7 +540,13 @@ pub(crate) fn finish_collection(
 ) -> Result<(), PlaceError> {
     let from = collection_temp_name(id);
     temp.sync()?;
-    match out.rename_noreplace(&from, name.as_str()) {
+    let meta = temp.fd.metadata().map_err(temp.io_err("."))?;
+    if !out.is_entry(&from, &meta)? {
+        return Err(PlaceError::NotOurs {
+            path: out.join(&from),
+        });
+    }
+    match out.rename_dir_noreplace(&from, name.as_str()) {
         Ok(()) => out.sync(),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(PlaceError::Exists {
             path: out.join(name.as_str()),
@@ -570,6 +616,21 @@ mod tests {
         let err = open_download(dir, &name, &manifest).err().unwrap();
         assert!(matches!(err, PlaceError::NotOurs { .. }), "{err}");
         assert_eq!(std::fs::read(&canary).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn a_hard_link_planted_at_the_temporary_name_is_not_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let manifest = manifest_of(&[9u8; 50_000]);
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::fs::hard_link(&victim, tmp.path().join(part_name(&manifest.id()))).unwrap();
+        let name = FileName::new("data").unwrap();
+        let err = open_download(Dir::open(tmp.path()).unwrap(), &name, &manifest)
+            .err()
+            .unwrap();
+        assert!(matches!(err, PlaceError::NotOurs { .. }), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -113,12 +113,12 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             size,
             path: dir.join(name.as_str()),
         };
-        self.tasks.spawn_blocking(move || {
+        self.spawn_task(id, move || {
             let result = place::finish(&dir, &file, &file_id, &name);
-            TaskOutput::Download(TaskDone::Finished {
+            TaskDone::Finished {
                 download: id,
                 result,
-            })
+            }
         });
     }
 

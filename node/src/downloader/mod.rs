@@ -107,6 +107,8 @@ pub(crate) enum TaskDone {
         download: DownloadId,
         result: Result<Option<(Dir, Manifest, File)>, PlaceError>,
     },
+    /// The task panicked (a bug): the download fails rather than waiting forever.
+    Panicked { download: DownloadId },
 }
 
 /// One download's state.
@@ -175,6 +177,19 @@ impl DownloadState {
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
+    /// Runs a download's disk work on a blocking task; a panic there fails the download.
+    fn spawn_task(
+        &mut self,
+        download: DownloadId,
+        task: impl FnOnce() -> TaskDone + Send + 'static,
+    ) {
+        self.tasks.spawn_blocking(move || {
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task))
+                .unwrap_or(TaskDone::Panicked { download });
+            TaskOutput::Download(done)
+        });
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             window: self.config.window,
@@ -301,23 +316,23 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         let (dir, out_dir, file, size) =
             (dl.dir.clone(), dl.out_dir.clone(), record.id, record.size);
-        self.tasks.spawn_blocking(move || {
+        self.spawn_task(id, move || {
             let dir = match dir {
                 Some(dir) => Ok(dir),
                 None => Dir::open(&out_dir),
             };
-            let result = dir.and_then(|dir| {
-                // Only a match counts here: anything else is decided once the manifest is known.
-                match place::present(&dir, name.as_str(), &file, size) {
-                    Ok(Some((manifest, file))) => Ok(Some((dir, manifest, file))),
-                    Ok(None) | Err(PlaceError::Exists { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            });
-            TaskOutput::Download(TaskDone::Checked {
+            // Only a match counts here: anything else (nothing there, another file, an
+            // unreadable one) is decided under the manifest's name, once it is known.
+            let result = dir.map(
+                |dir| match place::present(&dir, name.as_str(), &file, size) {
+                    Ok(Some((manifest, file))) => Some((dir, manifest, file)),
+                    Ok(None) | Err(_) => None,
+                },
+            );
+            TaskDone::Checked {
                 download: id,
                 result,
-            })
+            }
         });
         self.add_providers(id, record.providers, true);
     }

@@ -43,16 +43,16 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             manifest: Arc::clone(&manifest),
         };
         let (dir, out_dir) = (dl.dir.clone(), dl.out_dir.clone());
-        self.tasks.spawn_blocking(move || {
+        self.spawn_task(id, move || {
             let result = match dir {
                 Some(dir) => Ok(dir),
                 None => Dir::open(&out_dir),
             }
             .and_then(|dir| place::open_download(dir, &name, &manifest));
-            TaskOutput::Download(TaskDone::Opened {
+            TaskDone::Opened {
                 download: id,
                 result,
-            })
+            }
         });
     }
 
@@ -142,14 +142,14 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let (manifest, file) = (Arc::clone(manifest), Arc::clone(file));
         // The provider's window slot stays taken until the piece is stored, which bounds the
         // piece bytes held in memory to the windows' total.
-        self.tasks.spawn_blocking(move || {
+        self.spawn_task(id, move || {
             let result = store::store_piece(&file, &manifest, piece, bytes);
-            TaskOutput::Download(TaskDone::PieceStored {
+            TaskDone::PieceStored {
                 download: id,
                 peer,
                 piece,
                 result,
-            })
+            }
         });
     }
 
@@ -187,6 +187,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             },
             TaskDone::Finished { download, result } => self.on_finished(download, result),
             TaskDone::Checked { download, result } => self.on_checked(download, result),
+            TaskDone::Panicked { download } => self.fail_download(download, GetError::TaskFailed),
         }
     }
 
