@@ -34,7 +34,6 @@ use tokio::{
 use tracing::{debug, info, trace, warn};
 
 use crate::{
-    backoff::Backoff,
     behaviour::{Behaviour, BehaviourEvent},
     client::{LocalStats, SharedFile},
     command::Command,
@@ -44,7 +43,9 @@ use crate::{
     nat::NatState,
     paths::Connections,
     serve::ReadDone,
-    store, Config, Event,
+    store,
+    tracker_link::{Route, TrackerLink},
+    Config, Event,
 };
 
 /// How often the loop checks its deadlines (tracker dial, re-announce, stalled downloads).
@@ -86,16 +87,6 @@ pub(crate) enum TrackerWaiter {
     Unannounce,
 }
 
-pub(crate) enum TrackerLink {
-    Idle,
-    Dialing {
-        connection: ConnectionId,
-        since: Instant,
-        queued: Vec<(tracker::Request, TrackerWaiter)>,
-    },
-    Connected(PeerId),
-}
-
 /// The node's engine. Create with [`crate::new`], then spawn [`EventLoop::run`].
 pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     pub(crate) swarm: Swarm<Behaviour<E>>,
@@ -104,14 +95,10 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     pub(crate) config: Config,
     pub(crate) tasks: JoinSet<TaskOutput>,
     pub(crate) tracker_addr: Option<Multiaddr>,
-    pub(crate) tracker: TrackerLink,
-    /// Delay before redialing the tracker after losing it; doubles up to the announce interval.
-    tracker_backoff: Backoff,
+    pub(crate) tracker: TrackerLink<TrackerWaiter>,
     pub(crate) nat: NatState,
     pub(crate) connections: Connections,
     tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
-    announce_interval: Duration,
-    next_announce: Option<Instant>,
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     pub(crate) holdings: Holdings,
@@ -132,6 +119,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         config: Config,
         tcp_listeners: Vec<(ListenerId, Multiaddr)>,
     ) -> Self {
+        let tracker = TrackerLink::new(config.tracker_timeout, DEFAULT_ANNOUNCE_INTERVAL);
         EventLoop {
             swarm,
             commands,
@@ -139,13 +127,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             tracker_addr: config.tracker.clone(),
             config,
             tasks: JoinSet::new(),
-            tracker: TrackerLink::Idle,
-            tracker_backoff: Backoff::new(crate::nat::MIN_RETRY, DEFAULT_ANNOUNCE_INTERVAL),
+            tracker,
             nat: NatState::new(tcp_listeners),
             connections: Connections::default(),
             tracker_pending: HashMap::new(),
-            announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
-            next_announce: None,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
             holdings: Holdings::default(),
@@ -169,7 +154,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let cancel = self.config.cancel.clone();
         self.await_listeners().await;
         if self.config.announce_presence && self.tracker_addr.is_some() {
-            self.dial_tracker(Vec::new());
+            self.dial_tracker();
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let shutdown_reply = loop {
@@ -323,13 +308,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     fn handle_housekeeping(&mut self) {
-        let now = Instant::now();
-        if let TrackerLink::Dialing { since, .. } = &self.tracker {
-            if now.duration_since(*since) > self.config.tracker_timeout {
-                self.tracker_dial_failed("no answer within the tracker timeout".to_owned());
-            }
+        let tick = self.tracker.tick(Instant::now());
+        if tick.dial_timed_out {
+            self.tracker_dial_failed("no answer within the tracker timeout".to_owned());
         }
-        if self.next_announce.is_some_and(|t| now >= t) {
+        if tick.announce_due {
             self.announce();
         }
         self.ensure_reservation();
@@ -402,9 +385,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             } => {
                 debug!(peer = %peer_id, ?cause, num_established, "connection closed");
                 self.connections.closed(peer_id, connection_id);
-                if num_established == 0
-                    && matches!(self.tracker, TrackerLink::Connected(t) if t == peer_id)
-                {
+                if num_established == 0 && self.tracker.connected() == Some(peer_id) {
                     self.on_tracker_lost();
                 }
             }
@@ -414,8 +395,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 error,
             } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
-                if matches!(&self.tracker, TrackerLink::Dialing { connection, .. } if *connection == connection_id)
-                {
+                if self.tracker.is_dial(connection_id) {
                     self.tracker_dial_failed(dial_error_summary(&error));
                 } else if let Some(peer) = peer_id {
                     self.on_provider_dial_failed(peer, &dial_error_summary(&error));
@@ -427,7 +407,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     // ---- tracker ----
 
-    fn dial_tracker(&mut self, queued: Vec<(tracker::Request, TrackerWaiter)>) {
+    fn dial_tracker(&mut self) {
         let Some(addr) = self.tracker_addr.clone() else {
             return;
         };
@@ -437,12 +417,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 .build(),
             _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
-        let connection = opts.connection_id();
-        self.tracker = TrackerLink::Dialing {
-            connection,
-            since: Instant::now(),
-            queued,
-        };
+        self.tracker.dialing(opts.connection_id(), Instant::now());
         debug!(%addr, "dialing tracker");
         if let Err(e) = self.swarm.dial(opts) {
             self.tracker_dial_failed(e.to_string());
@@ -455,16 +430,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         connection_id: ConnectionId,
         addr: &Multiaddr,
     ) {
-        let queued = match &mut self.tracker {
-            TrackerLink::Dialing {
-                connection, queued, ..
-            } if *connection == connection_id => std::mem::take(queued),
-            _ => return,
+        let Some(queued) = self.tracker.on_connected(connection_id, peer) else {
+            return;
         };
         info!(tracker = %peer, "connected to tracker");
         self.swarm.add_peer_address(peer, addr.clone());
-        self.tracker = TrackerLink::Connected(peer);
-        self.tracker_backoff.reset();
         self.on_tracker_link(peer, addr);
         self.emit(Event::TrackerConnected { peer });
         for (request, waiter) in queued {
@@ -477,15 +447,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     fn tracker_dial_failed(&mut self, reason: String) {
         warn!(%reason, "tracker unreachable");
-        if let TrackerLink::Dialing { queued, .. } =
-            std::mem::replace(&mut self.tracker, TrackerLink::Idle)
-        {
-            for (_, waiter) in queued {
-                self.fail_tracker_waiter(waiter, Error::TrackerUnreachable(reason.clone()));
-            }
-        }
-        if self.next_announce.is_some() {
-            self.next_announce = Some(self.tracker_backoff.failed(Instant::now()));
+        for waiter in self.tracker.dial_failed(Instant::now()) {
+            self.fail_tracker_waiter(waiter, Error::TrackerUnreachable(reason.clone()));
         }
     }
 
@@ -493,10 +456,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     /// announce again soon, which redials it, and reserve again once connected.
     fn on_tracker_lost(&mut self) {
         warn!("lost the tracker; reconnecting");
-        self.tracker = TrackerLink::Idle;
-        if self.next_announce.is_some() {
-            self.next_announce = Some(Instant::now() + self.tracker_backoff.delay());
-        }
+        self.tracker.lost(Instant::now());
     }
 
     /// Sends a request to the tracker, dialing it first if needed.
@@ -504,17 +464,21 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if self.tracker_addr.is_none() {
             return self.fail_tracker_waiter(waiter, Error::NoTracker);
         }
-        match &mut self.tracker {
-            TrackerLink::Connected(peer) => {
+        match self.tracker.route(request, waiter) {
+            Route::Send(peer, request, waiter) => {
                 let id = self
                     .swarm
                     .behaviour_mut()
                     .tracker
-                    .send_request(peer, request);
+                    .send_request(&peer, request);
                 self.tracker_pending.insert(id, waiter);
             }
-            TrackerLink::Dialing { queued, .. } => queued.push((request, waiter)),
-            TrackerLink::Idle => self.dial_tracker(vec![(request, waiter)]),
+            Route::Dial => self.dial_tracker(),
+            Route::Queued => {}
+            Route::Full(waiter) => self.fail_tracker_waiter(
+                waiter,
+                Error::TrackerUnreachable("too many requests wait for the tracker".to_owned()),
+            ),
         }
     }
 
@@ -564,7 +528,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 addrs.push(addr.clone());
             }
         }
-        self.next_announce = Some(Instant::now() + self.announce_interval);
+        self.tracker.announce_sent(Instant::now());
         // Announces are additive at the tracker, so a large share goes in several.
         let mut chunks: Vec<Vec<AnnouncedFile>> = files
             .chunks(tracker::MAX_ANNOUNCE_FILES)
@@ -623,11 +587,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     let _ = reply.send(Ok(shared));
                 }
                 let (lo, hi) = ANNOUNCE_INTERVAL_RANGE;
-                self.announce_interval =
-                    Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
-                self.tracker_backoff.set_max(self.announce_interval);
-                self.next_announce = Some(Instant::now() + self.announce_interval);
-                debug!(interval = ?self.announce_interval, "announced");
+                let interval = Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
+                self.tracker.announced(interval, Instant::now());
+                debug!(?interval, "announced");
             }
             (TrackerWaiter::Lookup(tx), Reply::Providers(records)) => drop(tx.send(Ok(records))),
             (TrackerWaiter::Search(tx), Reply::Found(found)) => drop(tx.send(Ok(found))),

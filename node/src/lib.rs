@@ -47,6 +47,7 @@ mod place;
 mod serve;
 mod store;
 mod swarm;
+mod tracker_link;
 
 use std::convert::Infallible;
 

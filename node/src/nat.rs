@@ -23,7 +23,7 @@ use libp2p::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{backoff::Backoff, event_loop::TrackerLink, EventLoop};
+use crate::{backoff::Backoff, EventLoop};
 
 /// Most time spent waiting for listeners to bind before dialing the tracker.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
@@ -147,12 +147,11 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
         {
             return;
         }
-        let (TrackerLink::Connected(tracker), Some(tracker_addr)) =
-            (&self.tracker, &self.tracker_addr)
+        let (Some(tracker), Some(tracker_addr)) = (self.tracker.connected(), &self.tracker_addr)
         else {
             return;
         };
-        let addr = reservation_addr(tracker_addr, *tracker);
+        let addr = reservation_addr(tracker_addr, tracker);
         debug!(%addr, "reserving a relay slot");
         match self.swarm.listen_on(addr.clone()) {
             Ok(id) => self.nat.reservation = Some(id),
@@ -227,7 +226,7 @@ impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
             relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
                 debug!(peer = %src_peer_id, ?limit, "inbound circuit");
                 // Inbound circuits come through our reservation, at the tracker.
-                if let TrackerLink::Connected(relay) = self.tracker {
+                if let Some(relay) = self.tracker.connected() {
                     self.connections
                         .relay_limit(relay, limit.and_then(|l| l.data_in_bytes()));
                 }
