@@ -20,16 +20,18 @@ mod error;
 mod hash;
 pub mod keyfile;
 mod manifest;
+pub mod relpath;
 pub mod tracker;
 pub mod transfer;
 mod types;
 
 pub use addr::{parse_addr, quic_twin, tcp_port, AddrError};
 pub use codec::{tracker_codec, TrackerCodec, TransferCodec};
-pub use collection::{Collection, CollectionEntry, CollectionError, RelPath};
+pub use collection::{Collection, CollectionEntry, CollectionError};
 pub use error::{ErrorCode, ManifestError, TypeError};
 pub use hash::{hash_piece, PieceHasher};
 pub use manifest::{Manifest, WireManifest};
+pub use relpath::RelPath;
 pub use types::{
     escape, is_unprintable, FileId, FileName, Lengths, PieceIndex, DEFAULT_PIECE_SIZE,
     MAX_NAME_LEN, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE,
