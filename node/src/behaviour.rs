@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use bitswarm_protocols::buffers::BufferPool;
 use bitswarm_protocols::{
     tracker_codec, TrackerCodec, TransferCodec, TRACKER_PROTOCOL, TRANSFER_PROTOCOL,
 };
@@ -52,6 +55,7 @@ impl<E: NetworkBehaviour> Behaviour<E> {
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         config: &Config,
+        pool: Arc<BufferPool>,
         extension: E,
     ) -> Self {
         let tracker = request_response::Behaviour::with_codec(
@@ -60,7 +64,7 @@ impl<E: NetworkBehaviour> Behaviour<E> {
             request_response::Config::default().with_request_timeout(config.tracker_timeout),
         );
         let transfer = request_response::Behaviour::with_codec(
-            TransferCodec,
+            TransferCodec::new(pool),
             [(TRANSFER_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bitswarm_protocols::buffers::BufferPool;
 use bitswarm_protocols::{
     tracker::{self, Announce, AnnouncedFile, FileRecord, FileSummary, Reply, Stats},
     Manifest,
@@ -109,6 +110,8 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     pub(crate) stats: LocalStats,
     /// The randomness of piece picking (seeded from the OS; the pure parts take it as input).
     pub(crate) rng: rand::rngs::StdRng,
+    /// Piece buffers, shared with the transfer codec.
+    pub(crate) pool: Arc<BufferPool>,
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
@@ -117,6 +120,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event<E::ToSwarm>>,
         config: Config,
+        pool: Arc<BufferPool>,
         tcp_listeners: Vec<(ListenerId, Multiaddr)>,
     ) -> Self {
         let tracker = TrackerLink::new(config.tracker_timeout, DEFAULT_ANNOUNCE_INTERVAL);
@@ -140,6 +144,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             serving_reads: 0,
             stats: LocalStats::default(),
             rng: rand::SeedableRng::from_entropy(),
+            pool,
         }
     }
 

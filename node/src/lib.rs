@@ -49,7 +49,9 @@ mod store;
 mod swarm;
 mod tracker_link;
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
+
+use bitswarm_protocols::buffers::BufferPool;
 
 use bitswarm_protocols::FileId;
 use libp2p::{swarm::NetworkBehaviour, Multiaddr, PeerId};
@@ -131,7 +133,8 @@ pub fn new_with_extension<E: NetworkBehaviour>(
     config: Config,
     extension: E,
 ) -> Result<(Client, mpsc::Receiver<Event<E::ToSwarm>>, EventLoop<E>)> {
-    let mut swarm = swarm::build(&config, extension)?;
+    let pool = Arc::new(BufferPool::default());
+    let mut swarm = swarm::build(&config, Arc::clone(&pool), extension)?;
     let mut tcp_listeners = Vec::new();
     for addr in &config.listen_addrs {
         let id = swarm
@@ -153,6 +156,6 @@ pub fn new_with_extension<E: NetworkBehaviour>(
     Ok((
         client,
         event_rx,
-        EventLoop::new(swarm, command_rx, event_tx, config, tcp_listeners),
+        EventLoop::new(swarm, command_rx, event_tx, config, pool, tcp_listeners),
     ))
 }

@@ -5,7 +5,7 @@
 //! `config.max_serving_reads` at once; past that a request is answered `Busy` so a greedy peer
 //! cannot queue unbounded work or memory here.
 
-use std::io;
+use std::{io, sync::Arc};
 
 use bitswarm_protocols::{transfer, ErrorCode, FileId, PieceIndex};
 use libp2p::{
@@ -95,8 +95,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             } => (file, lengths, piece),
         };
         self.serving_reads += 1;
+        let pool = Arc::clone(&self.pool);
         self.tasks.spawn_blocking(move || {
-            let result = store::read_piece(&file, &lengths, piece);
+            let result = store::read_piece(&pool, &file, &lengths, piece);
             TaskOutput::PieceRead(ReadDone {
                 channel,
                 peer,

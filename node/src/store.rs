@@ -12,8 +12,8 @@ use std::{
 };
 
 use bitswarm_protocols::{
-    buffers, collection::MAX_COLLECTION_ENTRIES, Collection, CollectionEntry, CollectionError,
-    FileName, Lengths, Manifest, PieceHasher, PieceIndex, RelPath,
+    buffers::BufferPool, collection::MAX_COLLECTION_ENTRIES, Collection, CollectionEntry,
+    CollectionError, FileName, Lengths, Manifest, PieceHasher, PieceIndex, RelPath,
 };
 
 use crate::error::ShareError;
@@ -153,9 +153,14 @@ pub(crate) struct HashedDir {
 }
 
 /// Reads one piece at its offset.
-pub(crate) fn read_piece(file: &File, lengths: &Lengths, piece: PieceIndex) -> io::Result<Vec<u8>> {
+pub(crate) fn read_piece(
+    pool: &BufferPool,
+    file: &File,
+    lengths: &Lengths,
+    piece: PieceIndex,
+) -> io::Result<Vec<u8>> {
     let len = lengths.piece_len(piece) as usize;
-    let mut buf = buffers::take_filled(len);
+    let mut buf = pool.take_filled(len);
     file.read_exact_at(&mut buf, lengths.offset(piece))?;
     Ok(buf)
 }
@@ -163,6 +168,7 @@ pub(crate) fn read_piece(file: &File, lengths: &Lengths, piece: PieceIndex) -> i
 /// Checks a received piece against the manifest and writes it at its offset; the buffer goes
 /// back to the pool either way.
 pub(crate) fn store_piece(
+    pool: &BufferPool,
     file: &File,
     manifest: &Manifest,
     piece: PieceIndex,
@@ -174,7 +180,7 @@ pub(crate) fn store_piece(
             .map_err(StoreError::Io),
         Err(_) => Err(StoreError::BadPiece),
     };
-    buffers::give(bytes);
+    pool.give(bytes);
     result
 }
 

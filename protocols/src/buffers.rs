@@ -14,53 +14,62 @@ use crate::{MAX_PIECE_SIZE, MIN_PIECE_SIZE};
 /// Most idle buffers kept.
 pub const MAX_POOLED: usize = 32;
 
-static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Idle piece buffers, shared by a node's transfer codec (which fills them from the network
+/// and with piece reads) and its engines (which give them back once written or sent).
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
 
-/// An empty buffer with room for at least `len` bytes, reused when one is free.
-pub fn take(len: usize) -> Vec<u8> {
-    let reused = {
-        let mut free = FREE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+impl BufferPool {
+    fn reuse(&self, len: usize) -> Option<Vec<u8>> {
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         free.iter()
             .position(|b| b.capacity() >= len)
             .map(|i| free.swap_remove(i))
-    };
-    match reused {
-        Some(mut buf) => {
-            buf.clear();
-            buf
+    }
+
+    /// An empty buffer with room for at least `len` bytes, reused when one is free.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        match self.reuse(len) {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => Vec::with_capacity(len),
         }
-        None => Vec::with_capacity(len),
     }
-}
 
-/// A buffer of exactly `len` bytes for the caller to overwrite completely (with `read_exact`):
-/// a reused buffer keeps its old bytes instead of being zeroed again, which saves a memset of
-/// every piece on both ends. Only a fresh allocation is zero-filled.
-pub fn take_filled(len: usize) -> Vec<u8> {
-    let mut buf = {
-        let mut free = FREE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        free.iter()
-            .position(|b| b.capacity() >= len)
-            .map(|i| free.swap_remove(i))
+    /// A buffer of exactly `len` bytes for the caller to overwrite completely (with
+    /// `read_exact`): a reused buffer keeps its old bytes instead of being zeroed again, which
+    /// saves a memset of every piece on both ends. Only a fresh allocation is zero-filled.
+    pub fn take_filled(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.reuse(len).unwrap_or_default();
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0);
+        }
+        buf
     }
-    .unwrap_or_default();
-    if buf.len() >= len {
-        buf.truncate(len);
-    } else {
-        buf.resize(len, 0);
-    }
-    buf
-}
 
-/// Returns a piece buffer for reuse; buffers of other sizes, or past [`MAX_POOLED`], are freed.
-pub fn give(buf: Vec<u8>) {
-    let cap = buf.capacity();
-    if cap < MIN_PIECE_SIZE as usize || cap > MAX_PIECE_SIZE as usize {
-        return;
-    }
-    let mut free = FREE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if free.len() < MAX_POOLED {
-        free.push(buf);
+    /// Returns a piece buffer for reuse; buffers of other sizes, or past [`MAX_POOLED`], are
+    /// freed.
+    pub fn give(&self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap < MIN_PIECE_SIZE as usize || cap > MAX_PIECE_SIZE as usize {
+            return;
+        }
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if free.len() < MAX_POOLED {
+            free.push(buf);
+        }
     }
 }
 
@@ -70,26 +79,29 @@ mod tests {
 
     #[test]
     fn given_returned_buffer_then_it_is_reused_empty() {
-        let mut a = take(1 << 20);
+        let pool = BufferPool::default();
+        let mut a = pool.take(1 << 20);
         a.extend_from_slice(&[7; 100]);
         let ptr = a.as_ptr();
-        give(a);
-        let b = take(1 << 20);
+        pool.give(a);
+        let b = pool.take(1 << 20);
         assert!(b.is_empty());
         assert!(b.capacity() >= 1 << 20);
-        // Another test may race for the pool; only check reuse when we got ours back.
-        if b.as_ptr() == ptr {
-            assert_eq!(b.len(), 0);
-        }
-        give(b);
-        let f = take_filled(1000);
+        assert_eq!(b.as_ptr(), ptr, "the same buffer, reused");
+        pool.give(b);
+        let f = pool.take_filled(1000);
         assert_eq!(f.len(), 1000);
-        give(f);
-        give(vec![0; 10]); // too small: dropped, never pooled
-        assert!(FREE
+        pool.give(f);
+        pool.give(vec![0; 10]); // too small: dropped, never pooled
+        assert!(pool
+            .free
             .lock()
             .unwrap()
             .iter()
             .all(|b| b.capacity() >= MIN_PIECE_SIZE as usize));
+        for _ in 0..MAX_POOLED + 5 {
+            pool.give(Vec::with_capacity(1 << 20));
+        }
+        assert_eq!(pool.free.lock().unwrap().len(), MAX_POOLED, "bounded");
     }
 }

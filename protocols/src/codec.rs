@@ -6,15 +6,15 @@
 //! bytes are neither encoded nor copied on the way, and the reader allocates exactly the announced
 //! length after checking it against the limit.
 
-use std::io;
+use std::{io, sync::Arc};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    collection::MAX_COLLECTION_BYTES, tracker, transfer, ErrorCode, WireManifest, MAX_PIECES,
-    MAX_PIECE_SIZE,
+    buffers::BufferPool, collection::MAX_COLLECTION_BYTES, tracker, transfer, ErrorCode,
+    WireManifest, MAX_PIECES, MAX_PIECE_SIZE,
 };
 
 /// Largest tracker request: an announce of [`tracker::MAX_ANNOUNCE_FILES`] files with long names
@@ -60,9 +60,20 @@ enum Control {
     Collection(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
-/// The transfer protocol's codec (see the module docs for the frame layout).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TransferCodec;
+/// The transfer protocol's codec (see the module docs for the frame layout). Piece bodies are
+/// read into buffers from its [`BufferPool`], and sent pieces go back to it.
+#[derive(Debug, Clone, Default)]
+pub struct TransferCodec {
+    pool: Arc<BufferPool>,
+}
+
+impl TransferCodec {
+    /// A codec that takes and returns piece buffers through `pool` (shared with the node that
+    /// writes and reads the pieces).
+    pub fn new(pool: Arc<BufferPool>) -> Self {
+        TransferCodec { pool }
+    }
+}
 
 fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
@@ -138,7 +149,7 @@ impl request_response::Codec for TransferCodec {
         // sized buffer; `read_to_end` would grow a full buffer (a realloc and copy of the whole
         // piece) before it sees the end. A short body is `UnexpectedEof`.
         let mut body = if header[0] == TAG_PIECE {
-            crate::buffers::take_filled(len as usize)
+            self.pool.take_filled(len as usize)
         } else {
             vec![0; len as usize]
         };
@@ -179,7 +190,7 @@ impl request_response::Codec for TransferCodec {
         let control = match res {
             transfer::Response::Piece(bytes) => {
                 let written = write_frame(io, TAG_PIECE, &bytes).await;
-                crate::buffers::give(bytes);
+                self.pool.give(bytes);
                 return written;
             }
             transfer::Response::Manifest(m) => Control::Manifest(m),
@@ -202,11 +213,11 @@ mod tests {
     fn roundtrip(res: transfer::Response) -> io::Result<transfer::Response> {
         block_on(async {
             let mut buf = Cursor::new(Vec::new());
-            TransferCodec
+            TransferCodec::default()
                 .write_response(&TRANSFER_PROTOCOL, &mut buf, res)
                 .await?;
             let mut rd = Cursor::new(buf.into_inner());
-            TransferCodec
+            TransferCodec::default()
                 .read_response(&TRANSFER_PROTOCOL, &mut rd)
                 .await
         })
@@ -236,7 +247,7 @@ mod tests {
     fn piece_is_sent_raw_not_as_an_integer_array() {
         let bytes = vec![0xffu8; 1000];
         let mut buf = Cursor::new(Vec::new());
-        block_on(TransferCodec.write_response(
+        block_on(TransferCodec::default().write_response(
             &TRANSFER_PROTOCOL,
             &mut buf,
             transfer::Response::Piece(bytes),
@@ -250,7 +261,9 @@ mod tests {
         let mut over = vec![TAG_PIECE];
         over.extend_from_slice(&(MAX_PIECE_SIZE + 1).to_be_bytes());
         let read = |bytes: Vec<u8>| {
-            block_on(TransferCodec.read_response(&TRANSFER_PROTOCOL, &mut Cursor::new(bytes)))
+            block_on(
+                TransferCodec::default().read_response(&TRANSFER_PROTOCOL, &mut Cursor::new(bytes)),
+            )
         };
         assert_eq!(read(over).unwrap_err().kind(), io::ErrorKind::InvalidData);
         assert!(read(vec![9, 0, 0, 0, 0]).is_err(), "unknown tag");
@@ -261,10 +274,13 @@ mod tests {
         assert!(read(vec![TAG_PIECE, 0, 0, 0, 9, 1]).is_err(), "truncated");
 
         let big = vec![0u8; MAX_TRANSFER_REQUEST as usize + 1];
-        let req = block_on(TransferCodec.read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(big)));
+        let req = block_on(
+            TransferCodec::default().read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(big)),
+        );
         assert!(req.is_err());
         let garbage = block_on(
-            TransferCodec.read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(vec![0xde, 0xad])),
+            TransferCodec::default()
+                .read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(vec![0xde, 0xad])),
         );
         assert!(garbage.is_err());
     }
@@ -277,11 +293,11 @@ mod tests {
         };
         let back = block_on(async {
             let mut buf = Cursor::new(Vec::new());
-            TransferCodec
+            TransferCodec::default()
                 .write_request(&TRANSFER_PROTOCOL, &mut buf, req.clone())
                 .await
                 .unwrap();
-            TransferCodec
+            TransferCodec::default()
                 .read_request(&TRANSFER_PROTOCOL, &mut Cursor::new(buf.into_inner()))
                 .await
         })

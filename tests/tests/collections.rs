@@ -180,7 +180,7 @@ async fn a_collection_with_an_escaping_path_is_refused_and_nothing_is_written() 
                     request_response::Config::default(),
                 ),
                 transfer: request_response::Behaviour::with_codec(
-                    TransferCodec,
+                    TransferCodec::default(),
                     [(TRANSFER_PROTOCOL, ProtocolSupport::Inbound)],
                     request_response::Config::default(),
                 ),

@@ -136,14 +136,18 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if picker.has(piece) {
             // An endgame copy that lost the race: drop it.
             dl.providers.on_discarded(&peer, piece);
-            bitswarm_protocols::buffers::give(bytes);
+            self.pool.give(bytes);
             return self.schedule(id);
         }
-        let (manifest, file) = (Arc::clone(manifest), Arc::clone(file));
+        let (manifest, file, pool) = (
+            Arc::clone(manifest),
+            Arc::clone(file),
+            Arc::clone(&self.pool),
+        );
         // The provider's window slot stays taken until the piece is stored, which bounds the
         // piece bytes held in memory to the windows' total.
         self.spawn_task(id, move || {
-            let result = store::store_piece(&file, &manifest, piece, bytes);
+            let result = store::store_piece(&pool, &file, &manifest, piece, bytes);
             TaskDone::PieceStored {
                 download: id,
                 peer,
