@@ -72,18 +72,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     fn check_hole_punch_waits(&mut self, now: Instant) {
         let limit = self.config.holepunch_wait;
         let mut expired = Vec::new();
+        let connections = &self.connections;
         for dl in self.downloads.values_mut() {
-            for (peer, p) in dl.providers.iter_mut().filter(|(_, p)| !p.dropped) {
-                if self.connections.only_signalling_relay(peer).is_none() {
-                    p.signalling_since = None;
-                    continue;
-                }
-                let since = *p.signalling_since.get_or_insert(now);
-                if now.duration_since(since) > limit {
-                    p.signalling_since = None;
-                    expired.push(*peer);
-                }
-            }
+            expired.extend(dl.providers.hole_punch_expired(now, limit, |peer| {
+                connections.only_signalling_relay(peer).is_some()
+            }));
         }
         for peer in expired {
             let why = format!("no direct connection within {}s", limit.as_secs());

@@ -176,6 +176,28 @@ impl DownloadState {
     }
 }
 
+/// The record a first lookup answers for `key`. The tracker is not trusted to answer a lookup
+/// by id with that id: records for other ids are ignored. A name that several different files
+/// share is ambiguous (the user picks one by id); no record is an unknown file.
+fn choose_record(key: &LookupKey, records: Vec<FileRecord>) -> Result<FileRecord, GetError> {
+    let what = || match key {
+        LookupKey::Id(f) => f.to_string(),
+        LookupKey::Name(n) => n.to_string(),
+    };
+    let records: Vec<FileRecord> = match key {
+        LookupKey::Id(wanted) => records.into_iter().filter(|r| r.id == *wanted).collect(),
+        LookupKey::Name(_) => records,
+    };
+    let mut ids: Vec<FileId> = records.iter().map(|r| r.id).collect();
+    ids.sort();
+    ids.dedup();
+    match (records.into_iter().next(), ids.len()) {
+        (None, _) => Err(GetError::UnknownFile(what())),
+        (Some(record), 1) => Ok(record),
+        (Some(_), _) => Err(GetError::Ambiguous { name: what(), ids }),
+    }
+}
+
 impl<E: NetworkBehaviour> EventLoop<E> {
     /// Runs a download's disk work on a blocking task; a panic there fails the download.
     fn spawn_task(
@@ -265,24 +287,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             let record = records.into_iter().find(|r| r.id == file);
             return self.add_providers(id, record.map(|r| r.providers).unwrap_or_default(), true);
         }
-        // The tracker is not trusted to answer a lookup by id with that id.
-        let records: Vec<FileRecord> = match &dl.key {
-            LookupKey::Id(wanted) => records.into_iter().filter(|r| r.id == *wanted).collect(),
-            LookupKey::Name(_) => records,
-        };
-        let mut ids: Vec<FileId> = records.iter().map(|r| r.id).collect();
-        ids.sort();
-        ids.dedup();
-        let record = match (records.into_iter().next(), ids.len()) {
-            (None, _) => {
-                let what = dl.what();
-                return self.fail_download(id, GetError::UnknownFile(what));
-            }
-            (Some(record), 1) => record,
-            (Some(_), _) => {
-                let name = dl.what();
-                return self.fail_download(id, GetError::Ambiguous { name, ids });
-            }
+        let record = match choose_record(&dl.key, records) {
+            Ok(record) => record,
+            Err(error) => return self.fail_download(id, error),
         };
         // A file this node already holds complete may be fetched again elsewhere; two downloads
         // of one file at once may not.
@@ -725,5 +732,53 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 reason: why.to_string(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitswarm_protocols::{tracker::Provider, FileName};
+
+    use super::*;
+
+    fn record(id: FileId, name: &str) -> FileRecord {
+        FileRecord {
+            id,
+            name: FileName::new(name).unwrap(),
+            size: 10,
+            providers: vec![Provider {
+                peer: PeerId::random(),
+                addrs: Vec::new(),
+                complete: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_lookup_by_id_ignores_records_for_other_ids() {
+        let (wanted, other) = (FileId::of(b"wanted"), FileId::of(b"other"));
+        let key = LookupKey::Id(wanted);
+        let got = choose_record(&key, vec![record(other, "x"), record(wanted, "y")]).unwrap();
+        assert_eq!(got.id, wanted);
+        assert!(matches!(
+            choose_record(&key, vec![record(other, "x")]),
+            Err(GetError::UnknownFile(_))
+        ));
+    }
+
+    #[test]
+    fn a_name_shared_by_different_files_is_ambiguous() {
+        let key = LookupKey::Name(FileName::new("a.iso").unwrap());
+        let (one, two) = (FileId::of(b"1"), FileId::of(b"2"));
+        match choose_record(&key, vec![record(one, "a.iso"), record(two, "a.iso")]) {
+            Err(GetError::Ambiguous { ids, .. }) => assert_eq!(ids.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let same = choose_record(&key, vec![record(one, "a.iso"), record(one, "a.iso")]);
+        assert_eq!(
+            same.unwrap().id,
+            one,
+            "two records of one file are not ambiguous"
+        );
     }
 }

@@ -17,7 +17,10 @@
 //! - Endgame: once nothing is missing, requests still outstanding elsewhere are duplicated to
 //!   providers with room (see [`PiecePicker::pick_endgame`]).
 
-use std::collections::{hash_map::Entry, HashMap, HashSet};
+use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use bitswarm_protocols::PieceIndex;
 use libp2p::PeerId;
@@ -84,7 +87,7 @@ pub(crate) struct Provider {
     pub(crate) path: Option<DataPath>,
     /// Since when it is connected only through a relay that carries no file data (waiting
     /// for a hole punch).
-    pub(crate) signalling_since: Option<std::time::Instant>,
+    signalling_since: Option<Instant>,
 }
 
 impl Provider {
@@ -316,6 +319,31 @@ impl Providers {
         if let Some(p) = self.map.get_mut(peer) {
             p.in_flight.remove(&piece);
         }
+    }
+
+    /// Providers that have been reachable only through a relay that carries no file data
+    /// (`signalling_only`) for longer than `limit` at `now`: the hole punch did not come. Each
+    /// is reported once per wait; a provider that got a data path starts a new wait next time.
+    pub(crate) fn hole_punch_expired(
+        &mut self,
+        now: Instant,
+        limit: Duration,
+        signalling_only: impl Fn(&PeerId) -> bool,
+    ) -> Vec<PeerId> {
+        let mut expired = Vec::new();
+        for (peer, p) in self.map.iter_mut().filter(|(_, p)| !p.dropped) {
+            if !signalling_only(peer) {
+                p.signalling_since = None;
+                continue;
+            }
+            let since = *p.signalling_since.get_or_insert(now);
+            if now.duration_since(since) > limit {
+                p.signalling_since = None;
+                expired.push(*peer);
+            }
+        }
+        expired.sort();
+        expired
     }
 
     /// Lifts every `Busy` backoff; returns whether any was set.
@@ -664,6 +692,37 @@ mod tests {
             0,
             "a loser counts nothing"
         );
+    }
+
+    #[test]
+    fn a_provider_waiting_for_a_hole_punch_expires_after_the_wait() {
+        let (mut f, peers) = fixture(4, 2);
+        let (a, b) = (peers[0], peers[1]);
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(20);
+        let only_a = |p: &PeerId| *p == a;
+        assert!(f.providers.hole_punch_expired(t0, wait, only_a).is_empty());
+        let t = |s| t0 + Duration::from_secs(s);
+        assert!(f
+            .providers
+            .hole_punch_expired(t(20), wait, only_a)
+            .is_empty());
+        assert_eq!(f.providers.hole_punch_expired(t(21), wait, only_a), [a]);
+        // A data path in between restarts the wait.
+        assert!(f
+            .providers
+            .hole_punch_expired(t(30), wait, only_a)
+            .is_empty());
+        assert!(f
+            .providers
+            .hole_punch_expired(t(31), wait, |_| false)
+            .is_empty());
+        assert!(f
+            .providers
+            .hole_punch_expired(t(50), wait, only_a)
+            .is_empty());
+        assert_eq!(f.providers.hole_punch_expired(t(71), wait, only_a), [a]);
+        let _ = b;
     }
 
     #[test]
