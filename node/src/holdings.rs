@@ -9,6 +9,7 @@ use std::{collections::HashMap, fs::File, sync::Arc};
 
 use bitswarm_protocols::{
     tracker::AnnouncedFile, transfer, ErrorCode, FileId, FileName, Lengths, Manifest, PieceIndex,
+    Prepared,
 };
 
 use crate::downloader::{Bitfield, DownloadId};
@@ -18,6 +19,8 @@ use crate::downloader::{Bitfield, DownloadId};
 pub(crate) struct HeldFile {
     pub(crate) manifest: Arc<Manifest>,
     pub(crate) file: Arc<File>,
+    /// The manifest response, encoded once.
+    response: transfer::Response,
     /// `None` when complete; otherwise the download writing it and the pieces it verified.
     partial: Option<(DownloadId, Bitfield)>,
 }
@@ -27,7 +30,18 @@ pub(crate) struct HeldFile {
 struct HeldCollection {
     name: FileName,
     size: u64,
-    encoded: Arc<Vec<u8>>,
+    /// The collection response, encoded once.
+    response: transfer::Response,
+}
+
+/// The manifest response of `manifest`: encoded once when possible (it always is), else the
+/// plain message.
+fn manifest_response(manifest: &Manifest) -> transfer::Response {
+    let wire = manifest.to_wire();
+    match Prepared::manifest(&wire) {
+        Ok(prepared) => transfer::Response::Prepared(prepared),
+        Err(_) => transfer::Response::Manifest(wire),
+    }
 }
 
 /// How to answer a transfer request.
@@ -57,6 +71,7 @@ impl Holdings {
         self.files.insert(
             manifest.id(),
             HeldFile {
+                response: manifest_response(&manifest),
                 manifest,
                 file,
                 partial: None,
@@ -73,7 +88,8 @@ impl Holdings {
         download: DownloadId,
         have: Bitfield,
     ) {
-        self.files.entry(manifest.id()).or_insert(HeldFile {
+        self.files.entry(manifest.id()).or_insert_with(|| HeldFile {
+            response: manifest_response(&manifest),
             manifest,
             file,
             partial: Some((download, have)),
@@ -128,12 +144,16 @@ impl Holdings {
         size: u64,
         encoded: Vec<u8>,
     ) {
+        let response = match Prepared::collection(&encoded) {
+            Ok(prepared) => transfer::Response::Prepared(prepared),
+            Err(_) => transfer::Response::Collection(encoded),
+        };
         self.collections.insert(
             id,
             HeldCollection {
                 name,
                 size,
-                encoded: Arc::new(encoded),
+                response,
             },
         );
     }
@@ -179,10 +199,9 @@ impl Holdings {
         match *request {
             transfer::Request::Manifest { id } => {
                 match (self.files.get(&id), self.collections.get(&id)) {
-                    (Some(held), _) => Answer::Respond(Response::Manifest(held.manifest.to_wire())),
-                    (None, Some(c)) => {
-                        Answer::Respond(Response::Collection(c.encoded.as_ref().clone()))
-                    }
+                    // A clone of a prepared response shares its bytes.
+                    (Some(held), _) => Answer::Respond(held.response.clone()),
+                    (None, Some(c)) => Answer::Respond(c.response.clone()),
                     (None, None) => not_found,
                 }
             }
@@ -295,7 +314,7 @@ mod tests {
         assert_eq!(code(h.answer(&other, 0, 4)), Some(ErrorCode::NotFound));
         assert!(matches!(
             h.answer(&transfer::Request::Manifest { id }, 0, 4),
-            Answer::Respond(transfer::Response::Manifest(_))
+            Answer::Respond(transfer::Response::Prepared(_))
         ));
     }
 

@@ -60,6 +60,49 @@ enum Control {
     Collection(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
+/// The same bodies, borrowed, for encoding once ([`Prepared`]); variant names match
+/// [`Control`]'s, so the bytes are identical.
+#[derive(Serialize)]
+enum ControlRef<'a> {
+    Manifest(&'a WireManifest),
+    Collection(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+/// A manifest or collection response encoded once and shared by every request for it (a
+/// manifest is up to 2 MiB, a collection up to 8 MiB: encoding or cloning one per request would
+/// let requests multiply it). On the wire it is exactly [`transfer::Response::Manifest`] or
+/// [`transfer::Response::Collection`]; it is never decoded as itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared(Arc<[u8]>);
+
+impl Prepared {
+    /// The encoded manifest response.
+    ///
+    /// # Errors
+    /// When CBOR encoding fails (it does not for a valid manifest).
+    pub fn manifest(manifest: &WireManifest) -> io::Result<Self> {
+        Ok(Prepared(encode(&ControlRef::Manifest(manifest))?.into()))
+    }
+
+    /// The encoded collection response for a collection's canonical bytes.
+    ///
+    /// # Errors
+    /// When CBOR encoding fails.
+    pub fn collection(bytes: &[u8]) -> io::Result<Self> {
+        Ok(Prepared(encode(&ControlRef::Collection(bytes))?.into()))
+    }
+
+    /// Bytes of the encoded body.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the body is empty (never, for a real response).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The transfer protocol's codec (see the module docs for the frame layout). Piece bodies are
 /// read into buffers from its [`BufferPool`], and sent pieces go back to it.
 #[derive(Debug, Clone, Default)]
@@ -197,6 +240,9 @@ impl request_response::Codec for TransferCodec {
             transfer::Response::Have(bits) => Control::Have(bits),
             transfer::Response::Error(code) => Control::Error(code),
             transfer::Response::Collection(bytes) => Control::Collection(bytes),
+            transfer::Response::Prepared(prepared) => {
+                return write_frame(io, TAG_CONTROL, &prepared.0).await
+            }
         };
         write_frame(io, TAG_CONTROL, &encode(&control)?).await
     }
@@ -241,6 +287,26 @@ mod tests {
         ] {
             assert_eq!(roundtrip(res.clone()).unwrap(), res);
         }
+    }
+
+    #[test]
+    fn prepared_responses_arrive_as_the_plain_ones() {
+        let manifest = WireManifest {
+            name: FileName::new("a.bin").unwrap(),
+            size: 5,
+            piece_size: 1 << 20,
+            values: vec![3; 32],
+        };
+        let prepared = Prepared::manifest(&manifest).unwrap();
+        assert_eq!(
+            roundtrip(transfer::Response::Prepared(prepared)).unwrap(),
+            transfer::Response::Manifest(manifest)
+        );
+        let prepared = Prepared::collection(&[9, 8, 7]).unwrap();
+        assert_eq!(
+            roundtrip(transfer::Response::Prepared(prepared)).unwrap(),
+            transfer::Response::Collection(vec![9, 8, 7])
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod transfer;
 mod types;
 
 pub use addr::{parse_addr, quic_twin, tcp_port, AddrError};
-pub use codec::{tracker_codec, TrackerCodec, TransferCodec};
+pub use codec::{tracker_codec, Prepared, TrackerCodec, TransferCodec};
 pub use collection::{Collection, CollectionEntry, CollectionError};
 pub use error::{ErrorCode, ManifestError, TypeError};
 pub use hash::{hash_piece, PieceHasher};

@@ -40,4 +40,7 @@ pub enum Response {
     Collection(Vec<u8>),
     /// The request failed.
     Error(ErrorCode),
+    /// A manifest or collection response encoded once and shared (sending only; it arrives as
+    /// [`Response::Manifest`] or [`Response::Collection`]).
+    Prepared(crate::codec::Prepared),
 }
