@@ -20,6 +20,7 @@ use libp2p::Multiaddr;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod hostile;
 pub mod netlab;
 
 /// Every in-process test runs under this.

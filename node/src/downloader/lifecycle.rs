@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long a provider that has delivered nothing yet may sit on a request before it counts
+/// as timed out (the transport's own timeout is [`crate::Config::request_timeout`]).
+const PROBATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(4);
+
 impl<E: NetworkBehaviour> EventLoop<E> {
     /// Per-tick upkeep of every download: provider-wait deadline, re-lookups, bitfield
     /// refreshes of partial providers.
@@ -55,6 +59,25 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 .map(|(peer, _)| *peer)
                 .collect();
             let backed_off = dl.providers.clear_backoff();
+            if matches!(dl.phase, Phase::Manifest) {
+                // Lifted backoffs and patience run out: ask further providers.
+                self.request_manifest(id);
+                continue;
+            }
+            // A provider on probation that sits on a request is treated as timed out long
+            // before the transport's timeout: its piece goes elsewhere, and three strikes
+            // drop it.
+            let overdue = dl.providers.overdue(now, PROBATION_PATIENCE);
+            for (peer, piece) in overdue {
+                let why = format!(
+                    "no answer within {}s to its first requests",
+                    PROBATION_PATIENCE.as_secs()
+                );
+                self.on_request_failed(id, peer, Want::Piece(piece), Failure::Timeout, &why);
+            }
+            let Some(dl) = self.downloads.get_mut(&id) else {
+                continue;
+            };
             if matches!(dl.phase, Phase::Transfer { .. }) {
                 for peer in partial {
                     self.request_have(id, peer);

@@ -59,6 +59,14 @@ use crate::{
     Event, EventLoop,
 };
 
+/// How long a manifest request holds one of the [`MANIFEST_PARALLEL`] slots before another
+/// provider is asked in its place (far shorter than the request timeout and `--wait`).
+const MANIFEST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Manifest requests waited for at once: one is asked at first, a second on the next
+/// housekeeping tick if the first has not answered (both may then be fetched; the first
+/// verified wins).
+const MANIFEST_PARALLEL: usize = 2;
+
 /// Most providers one lookup asks the tracker for.
 const LOOKUP_LIMIT: u32 = 200;
 
@@ -138,7 +146,10 @@ pub(crate) struct DownloadState {
     last_progress: Instant,
     next_lookup: Instant,
     lookup_pending: bool,
-    manifest_pending: bool,
+    /// Manifest requests out: to whom, since when. One that has not answered within
+    /// [`MANIFEST_PATIENCE`] no longer holds a slot (it may still answer), so a provider that
+    /// never answers cannot stall the download until the request timeout.
+    manifest_asks: Vec<(PeerId, Instant)>,
     resumed: u64,
     fetched: u64,
     /// Why the last provider was dropped, for the "no provider" error.
@@ -249,7 +260,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             last_progress: now,
             next_lookup: now + self.config.relookup_interval,
             lookup_pending: true,
-            manifest_pending: false,
+            manifest_asks: Vec::new(),
             resumed: 0,
             fetched: 0,
             last_problem: None,
@@ -488,21 +499,32 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         );
     }
 
-    /// Asks the next untried provider for the manifest; with none left it waits for new ones.
-    fn request_manifest(&mut self, id: DownloadId) {
+    /// Asks untried providers for the manifest, up to [`MANIFEST_PARALLEL`] waited for at once
+    /// (a request older than [`MANIFEST_PATIENCE`] no longer counts); providers backed off after
+    /// `Busy` wait their turn. With none left it waits for new ones (or a housekeeping tick).
+    pub(super) fn request_manifest(&mut self, id: DownloadId) {
+        let now = Instant::now();
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        let (Some(file), Phase::Manifest, false) = (dl.file, &dl.phase, dl.manifest_pending) else {
+        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
             return;
         };
+        let waiting = dl
+            .manifest_asks
+            .iter()
+            .filter(|(_, at)| now.duration_since(*at) < MANIFEST_PATIENCE)
+            .count();
+        if waiting >= MANIFEST_PARALLEL {
+            return;
+        }
         // Like pieces, a manifest (32 bytes per piece) goes only over a connection that
         // carries data: a big one would exhaust a hole-punching relay's circuit.
         let connections = &self.connections;
         let mut unconnected = Vec::new();
         let mut chosen = None;
         for (peer, p) in dl.providers.iter_mut() {
-            if p.dropped || p.asked_manifest {
+            if p.dropped || p.asked_manifest || p.backed_off() {
                 continue;
             }
             if connections.data_path(peer).is_some() {
@@ -520,8 +542,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             return;
         };
         state.asked_manifest = true;
-        dl.manifest_pending = true;
         let peer = *peer;
+        dl.manifest_asks.push((peer, now));
         let request_id = self
             .swarm
             .behaviour_mut()
@@ -608,7 +630,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         let (piece, manifest) = match want {
             Want::Manifest => {
-                dl.manifest_pending = false;
+                dl.manifest_asks.retain(|(p, _)| *p != peer);
                 (None, true)
             }
             Want::Have => {

@@ -8,7 +8,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        dl.manifest_pending = false;
+        dl.manifest_asks.retain(|(p, _)| *p != peer);
         let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
             return;
         };
@@ -63,7 +63,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let Some(dl) = self.downloads.get_mut(&id) else {
             return;
         };
-        dl.manifest_pending = false;
+        dl.manifest_asks.retain(|(p, _)| *p != peer);
         let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
             return;
         };
@@ -339,6 +339,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         // connected (the dial may end up relayed), nor over a relay meant for hole punching.
         let connections = &self.connections;
         let plan = providers.plan(
+            Instant::now(),
             picker,
             |peer| connections.data_path(peer).is_some(),
             |peer| connections.is_connected(peer),

@@ -12,8 +12,12 @@
 //!   same provider again while another can serve it (with one provider there is nobody else).
 //! - A dropped provider's requests go back to the picker. It is re-admitted when the tracker lists
 //!   it again, unless it was banned (it sent bad data).
-//! - All providers together have at most `max_in_flight` requests; the emptiest windows are filled
-//!   first so the cap spreads over them.
+//! - A provider that has delivered nothing yet is on probation: one request in flight, and a
+//!   request it sits on for long ([`Providers::overdue`]) counts as a timeout. So peers that
+//!   accept requests and never answer cannot hold the slots of one that serves.
+//! - All providers together have at most `max_in_flight` requests. Providers that delivered go
+//!   first, then fewer timeouts, then the emptiest windows, so the cap spreads over them and
+//!   scarce pieces go to those most likely to send them.
 //! - Endgame: once nothing is missing, requests still outstanding elsewhere are duplicated to
 //!   providers with room (see [`PiecePicker::pick_endgame`]).
 
@@ -28,6 +32,9 @@ use rand::Rng;
 
 use super::{bitfield::Bitfield, picker::PiecePicker};
 use crate::paths::DataPath;
+
+/// Requests a provider that has delivered nothing yet may have in flight.
+const PROBATION_WINDOW: usize = 1;
 
 /// The numbers the rules use (from [`crate::Config`]).
 #[derive(Debug, Clone, Copy)]
@@ -63,8 +70,8 @@ pub(crate) struct Provider {
     pub(crate) complete: bool,
     /// Its pieces, once known (complete providers: as soon as the manifest is).
     pub(crate) have: Option<Bitfield>,
-    /// Pieces requested from it and not yet stored or failed.
-    pub(crate) in_flight: HashSet<PieceIndex>,
+    /// Pieces requested from it and not yet stored or failed, with when each was asked.
+    pub(crate) in_flight: HashMap<PieceIndex, Instant>,
     /// Current window (fractional so it can grow by 1/window per piece).
     window: f64,
     /// Timeouts since its last delivered piece.
@@ -95,7 +102,7 @@ impl Provider {
         Provider {
             complete,
             have: None,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             window: window as f64,
             timeouts: 0,
             dropped: false,
@@ -108,6 +115,11 @@ impl Provider {
             path: None,
             signalling_since: None,
         }
+    }
+
+    /// Answered `Busy` and not asked again until the backoff is lifted.
+    pub(crate) fn backed_off(&self) -> bool {
+        self.backoff
     }
 
     /// Its window, in whole requests.
@@ -224,7 +236,7 @@ impl Providers {
         if let (Some(piece), Some(picker)) = (piece, picker) {
             // A dropped provider's pieces went back to the picker already; returning one twice
             // would mark it missing while another provider is fetching it.
-            if p.in_flight.remove(&piece) {
+            if p.in_flight.remove(&piece).is_some() {
                 picker.failed(piece);
             }
         }
@@ -270,7 +282,7 @@ impl Providers {
             if let Some(have) = p.have.take() {
                 picker.remove_provider(&have);
             }
-            for piece in p.in_flight.drain() {
+            for (piece, _) in p.in_flight.drain() {
                 picker.failed(piece);
             }
         }
@@ -346,6 +358,25 @@ impl Providers {
         expired
     }
 
+    /// Requests that a provider on probation (nothing delivered yet) has left unanswered for
+    /// longer than `patience`: the caller treats each as timed out, so its piece goes to
+    /// another provider long before the transport's request timeout.
+    pub(crate) fn overdue(&self, now: Instant, patience: Duration) -> Vec<(PeerId, PieceIndex)> {
+        let mut overdue: Vec<(PeerId, PieceIndex)> = self
+            .map
+            .iter()
+            .filter(|(_, p)| !p.dropped && p.pieces == 0)
+            .flat_map(|(peer, p)| {
+                p.in_flight
+                    .iter()
+                    .filter(move |(_, at)| now.duration_since(**at) > patience)
+                    .map(move |(piece, _)| (*peer, *piece))
+            })
+            .collect();
+        overdue.sort();
+        overdue
+    }
+
     /// Lifts every `Busy` backoff; returns whether any was set.
     pub(crate) fn clear_backoff(&mut self) -> bool {
         let mut any = false;
@@ -361,6 +392,7 @@ impl Providers {
     /// all (`connected` false) and has nothing in flight is named to dial.
     pub(crate) fn plan(
         &mut self,
+        now: Instant,
         picker: &mut PiecePicker,
         can_carry: impl Fn(&PeerId) -> bool,
         connected: impl Fn(&PeerId) -> bool,
@@ -380,16 +412,27 @@ impl Providers {
                 plan.dial.push(*peer);
             }
         }
-        // Emptiest first, then by peer id so the order does not depend on the hash map's.
-        order.sort_by_key(|(peer, p)| (p.in_flight.len(), **peer));
+        // Providers that have delivered before those on probation, fewer recent timeouts
+        // first, then the emptiest windows, then by peer id (so the order does not depend on
+        // the hash map's): scarce pieces go to those most likely to send them.
+        order.sort_by_key(|(peer, p)| (p.pieces == 0, p.timeouts, p.in_flight.len(), **peer));
+        // A provider that has delivered nothing yet is on probation: one request at a time, so
+        // providers that accept requests and never answer cannot take the slots of one that
+        // does (see [`Providers::overdue`]).
+        let room_of = |p: &Provider| {
+            if p.pieces == 0 {
+                p.window().min(PROBATION_WINDOW)
+            } else {
+                p.window()
+            }
+        };
         // First every provider gets pieces that did not time out at it, then endgame copies;
         // only then may a provider with room left be asked again for a piece that timed out
         // there (nobody else could take it).
         for retry_timed_out in [false, true] {
             for (peer, p) in order.iter_mut() {
                 let Some(have) = &p.have else { continue };
-                let room = p
-                    .window()
+                let room = room_of(p)
                     .saturating_sub(p.in_flight.len())
                     .min(max_in_flight.saturating_sub(total));
                 if room == 0 || (retry_timed_out && p.timed_out.is_empty()) {
@@ -403,17 +446,18 @@ impl Providers {
                     picker.pick(have, room, |x| timed_out.contains(&x), rng)
                 };
                 while !retry_timed_out && picks.len() < room {
-                    let in_flight = &p.in_flight;
-                    let Some(dup) =
-                        picker.pick_endgame(have, |x| in_flight.contains(&x) || picks.contains(&x))
-                    else {
+                    // Not a copy of a piece it has, or one that timed out here.
+                    let (in_flight, timed_out) = (&p.in_flight, &p.timed_out);
+                    let Some(dup) = picker.pick_endgame(have, |x| {
+                        in_flight.contains_key(&x) || timed_out.contains(&x) || picks.contains(&x)
+                    }) else {
                         break;
                     };
                     picks.push(dup);
                 }
                 total += picks.len();
                 for piece in picks {
-                    p.in_flight.insert(piece);
+                    p.in_flight.insert(piece, now);
                     plan.requests.push((**peer, piece));
                 }
             }
@@ -442,16 +486,28 @@ mod tests {
         picker: PiecePicker,
         lengths: Lengths,
         rng: StdRng,
+        now: Instant,
     }
 
-    /// A download of `pieces` pieces with `complete` complete providers, all connected.
+    /// A download of `pieces` pieces with `complete` complete providers, all connected and
+    /// past probation (each has delivered a piece of an earlier run).
     fn fixture(pieces: u32, complete: usize) -> (Fixture, Vec<PeerId>) {
+        let (mut f, peers) = fixture_unproven(pieces, complete);
+        for peer in &peers {
+            f.providers.get_mut(peer).unwrap().pieces = 1;
+        }
+        (f, peers)
+    }
+
+    /// The same with providers that have delivered nothing yet.
+    fn fixture_unproven(pieces: u32, complete: usize) -> (Fixture, Vec<PeerId>) {
         let lengths = Lengths::new(u64::from(pieces) * 16384, 16384).unwrap();
         let mut f = Fixture {
             providers: Providers::new(LIMITS),
             picker: PiecePicker::new(lengths),
             lengths,
             rng: StdRng::seed_from_u64(1),
+            now: Instant::now(),
         };
         let mut peers: Vec<PeerId> = (0..complete).map(|_| PeerId::random()).collect();
         peers.sort();
@@ -465,8 +521,13 @@ mod tests {
 
     impl Fixture {
         fn plan(&mut self) -> Plan {
-            self.providers
-                .plan(&mut self.picker, |_| true, |_| true, &mut self.rng)
+            self.providers.plan(
+                self.now,
+                &mut self.picker,
+                |_| true,
+                |_| true,
+                &mut self.rng,
+            )
         }
 
         fn to(&self, plan: &Plan, peer: PeerId) -> Vec<PieceIndex> {
@@ -551,7 +612,7 @@ mod tests {
         let (a, b) = (peers[0], peers[1]);
         let first = f
             .providers
-            .plan(&mut f.picker, |p| *p == a, |_| true, &mut f.rng);
+            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
         let mut at_a = f.to(&first, a);
         at_a.sort();
         assert_eq!(at_a.len(), 3);
@@ -592,7 +653,7 @@ mod tests {
         let (a, b) = (peers[0], peers[1]);
         let plan = f
             .providers
-            .plan(&mut f.picker, |p| *p == a, |_| true, &mut f.rng);
+            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
         let mut at_a = f.to(&plan, a);
         at_a.sort();
         assert_eq!(at_a.len(), 3);
@@ -656,7 +717,7 @@ mod tests {
         for _ in 0..20 {
             // Keep the window full, deliver one piece, record the window.
             f.plan();
-            let piece = *f.providers.get(&a).unwrap().in_flight.iter().min().unwrap();
+            let piece = *f.providers.get(&a).unwrap().in_flight.keys().min().unwrap();
             f.store(a, piece);
             windows.push(f.providers.get(&a).unwrap().window());
         }
@@ -676,7 +737,7 @@ mod tests {
         // Only `a` is usable at first: it gets both pieces.
         let first = f
             .providers
-            .plan(&mut f.picker, |p| *p == a, |_| true, &mut f.rng);
+            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
         assert_eq!(f.to(&first, a).len(), 2);
         // `b` joins: nothing is missing, so it gets copies of the outstanding pieces.
         let second = f.plan();
@@ -686,10 +747,15 @@ mod tests {
         f.store(b, dups[0]);
         assert!(f.picker.has(dups[0]));
         f.providers.on_discarded(&a, dups[0]);
-        assert!(!f.providers.get(&a).unwrap().in_flight.contains(&dups[0]));
+        assert!(!f
+            .providers
+            .get(&a)
+            .unwrap()
+            .in_flight
+            .contains_key(&dups[0]));
         assert_eq!(
             f.providers.get(&a).unwrap().pieces,
-            0,
+            1,
             "a loser counts nothing"
         );
     }
@@ -726,18 +792,40 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_on_probation_gets_one_request_and_is_overdue_after_the_patience() {
+        let (mut f, peers) = fixture_unproven(40, 2);
+        let (a, b) = (peers[0], peers[1]);
+        let first = f.plan();
+        assert_eq!((f.to(&first, a).len(), f.to(&first, b).len()), (1, 1));
+        // `a` delivers: it gets its full window; silent `b` keeps its one request.
+        let piece = f.to(&first, a)[0];
+        f.store(a, piece);
+        let second = f.plan();
+        assert_eq!(f.to(&second, a).len(), LIMITS.window);
+        assert!(f.to(&second, b).is_empty());
+        let patience = Duration::from_secs(4);
+        assert!(f.providers.overdue(f.now + patience, patience).is_empty());
+        let late = f.now + patience + Duration::from_secs(1);
+        assert_eq!(
+            f.providers.overdue(late, patience),
+            [(b, f.to(&first, b)[0])],
+            "only the provider that has delivered nothing"
+        );
+    }
+
+    #[test]
     fn an_unconnected_provider_is_dialed_not_asked() {
         let (mut f, peers) = fixture(4, 2);
         let (a, b) = (peers[0], peers[1]);
         let plan = f
             .providers
-            .plan(&mut f.picker, |p| *p == a, |p| *p == a, &mut f.rng);
+            .plan(f.now, &mut f.picker, |p| *p == a, |p| *p == a, &mut f.rng);
         assert_eq!(plan.dial, [b]);
         assert!(f.to(&plan, b).is_empty());
         // Connected but only through a relay that carries no data: neither asked nor dialed.
         let plan = f
             .providers
-            .plan(&mut f.picker, |p| *p == a, |_| true, &mut f.rng);
+            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
         assert!(plan.dial.is_empty());
         let _ = f.lengths;
     }
