@@ -134,7 +134,7 @@ pub(crate) struct Dir {
 /// The result of looking at a name in a [`Dir`] without following a link.
 enum Entry {
     Missing,
-    File { size: u64 },
+    File { size: u64, allocated: u64 },
     Dir,
     Other,
 }
@@ -183,6 +183,7 @@ impl Dir {
             Ok(st) => Ok(match FileType::from_raw_mode(st.st_mode) {
                 FileType::RegularFile => Entry::File {
                     size: u64::try_from(st.st_size).unwrap_or(0),
+                    allocated: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
                 },
                 FileType::Directory => Entry::Dir,
                 _ => Entry::Other,
@@ -244,10 +245,9 @@ impl Dir {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
-    /// Renames `from` to `to` in this directory, failing with `AlreadyExists` rather than
-    /// replacing `to`. File systems without `RENAME_NOREPLACE` get a hard link and an unlink,
-    /// which refuses an existing target just the same.
-    fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+    /// `renameat2(RENAME_NOREPLACE)` of `from` to `to` in this directory: `AlreadyExists`
+    /// rather than replacing `to`; `None` where the file system or platform lacks it.
+    fn try_rename_noreplace(&self, from: &str, to: &str) -> Option<io::Result<()>> {
         #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
         match rustix::fs::renameat_with(
             &*self.fd,
@@ -257,7 +257,17 @@ impl Dir {
             rustix::fs::RenameFlags::NOREPLACE,
         ) {
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
-            other => return other.map_err(Into::into),
+            other => return Some(other.map_err(Into::into)),
+        }
+        None
+    }
+
+    /// Renames the file `from` to `to` without replacing `to`. File systems without
+    /// `RENAME_NOREPLACE` get a hard link and an unlink, which refuses an existing target just
+    /// the same.
+    fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        if let Some(done) = self.try_rename_noreplace(from, to) {
+            return done;
         }
         rustix::fs::linkat(&*self.fd, from, &*self.fd, to, AtFlags::empty())?;
         rustix::fs::unlinkat(&*self.fd, from, AtFlags::empty())?;
@@ -268,22 +278,13 @@ impl Dir {
     /// hard-linked, so a file system without `RENAME_NOREPLACE` gets a clear error rather than
     /// a rename that could replace.
     fn rename_dir_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
-        #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-        match rustix::fs::renameat_with(
-            &*self.fd,
-            from,
-            &*self.fd,
-            to,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
-            other => return other.map_err(Into::into),
-        }
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this file system cannot rename a directory without replacing; the files are in \
-             the .bitswarm-*.dir directory beside it",
-        ))
+        self.try_rename_noreplace(from, to).unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this file system cannot rename a directory without replacing; the files are \
+                 in the .bitswarm-*.dir directory beside it",
+            ))
+        })
     }
 
     /// Whether `name` is, right now, the file or directory `meta` describes (same device and
@@ -413,11 +414,7 @@ pub(crate) fn open_download(
     let part = part_name(&manifest.id());
     let allocated = match dir.entry(&part)? {
         Entry::Missing => 0,
-        Entry::File { .. } => {
-            rustix::fs::statat(&*dir.fd, part.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .map(|st| u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512))
-                .unwrap_or(0)
-        }
+        Entry::File { allocated, .. } => allocated,
         Entry::Dir | Entry::Other => {
             return Err(PlaceError::NotOurs {
                 path: dir.join(&part),

@@ -1,21 +1,13 @@
 //! Shared directories (collections): the whole tree, one file of it, one swarm per file, and a
 //! hostile collection that tries to write outside the target directory.
 
-use std::time::Duration;
-
 use bitswarm_node::GetRequest;
 use bitswarm_protocols::{
     tracker::{self, LookupKey},
-    tracker_codec, transfer, FileId, FileName, RelPath, TransferCodec, TRACKER_PROTOCOL,
-    TRANSFER_PROTOCOL,
+    transfer, FileId, FileName, RelPath,
 };
-use bitswarm_tests::{init_tracing, make_file, within, TestNode, TestTracker};
-use futures::StreamExt;
-use libp2p::{
-    noise, request_response,
-    request_response::ProtocolSupport,
-    swarm::{NetworkBehaviour, SwarmEvent},
-    tcp, yamux, SwarmBuilder,
+use bitswarm_tests::{
+    hostile::HostilePeer, init_tracing, make_file, within, TestNode, TestTracker,
 };
 
 /// Writes a small tree and returns its root.
@@ -126,12 +118,6 @@ async fn a_shared_directory_is_fetched_whole_or_one_file_and_each_file_is_one_sw
     .await
 }
 
-#[derive(NetworkBehaviour)]
-struct Evil {
-    tracker: request_response::Behaviour<bitswarm_protocols::TrackerCodec>,
-    transfer: request_response::Behaviour<TransferCodec>,
-}
-
 #[derive(serde::Serialize)]
 struct RawEntry {
     path: String,
@@ -166,66 +152,18 @@ async fn a_collection_with_an_escaping_path_is_refused_and_nothing_is_written() 
         let bytes = cbor4ii::serde::to_vec(Vec::new(), &payload)?;
         let id = FileId::of(&bytes);
 
-        let mut evil = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )?
-            .with_behaviour(|_| Evil {
-                tracker: request_response::Behaviour::with_codec(
-                    tracker_codec(),
-                    [(TRACKER_PROTOCOL, ProtocolSupport::Outbound)],
-                    request_response::Config::default(),
-                ),
-                transfer: request_response::Behaviour::with_codec(
-                    TransferCodec::default(),
-                    [(TRANSFER_PROTOCOL, ProtocolSupport::Inbound)],
-                    request_response::Config::default(),
-                ),
-            })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
-        evil.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        let listen = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = evil.select_next_some().await {
-                break address;
-            }
-        };
-        let Some(libp2p::multiaddr::Protocol::P2p(tracker_id)) = tracker.addr.iter().last() else {
-            anyhow::bail!("no tracker id")
-        };
-        evil.add_peer_address(tracker_id, tracker.addr.clone());
-        let announce = tracker::Announce {
-            files: vec![tracker::AnnouncedFile {
+        let served = bytes.clone();
+        let evil = HostilePeer::start(
+            &tracker.addr,
+            vec![tracker::AnnouncedFile {
                 id,
                 name: FileName::new("innocent")?,
                 size: 4,
                 complete: true,
             }],
-            addrs: vec![listen],
-        };
-        evil.behaviour_mut()
-            .tracker
-            .send_request(&tracker_id, tracker::Request::Announce(announce));
-        let served = bytes.clone();
-        let evil_task = tokio::spawn(async move {
-            loop {
-                if let SwarmEvent::Behaviour(EvilEvent::Transfer(
-                    request_response::Event::Message {
-                        message: request_response::Message::Request { channel, .. },
-                        ..
-                    },
-                )) = evil.select_next_some().await
-                {
-                    let _ = evil
-                        .behaviour_mut()
-                        .transfer
-                        .send_response(channel, transfer::Response::Collection(served.clone()));
-                }
-            }
-        });
+            Box::new(move |_| Some(transfer::Response::Collection(served.clone()))),
+        )
+        .await?;
         tracker.wait_peers(1).await?;
 
         let victim = TestNode::start("victim", &tracker.addr).await?;
@@ -252,7 +190,7 @@ async fn a_collection_with_an_escaping_path_is_refused_and_nothing_is_written() 
             0,
             "nothing written inside either"
         );
-        evil_task.abort();
+        drop(evil);
         victim.stop().await?;
         tracker.stop().await
     })
