@@ -44,7 +44,6 @@ pub mod identity;
 mod nat;
 mod paths;
 mod place;
-mod serve;
 mod store;
 mod swarm;
 mod tracker_link;

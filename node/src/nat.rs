@@ -1,44 +1,56 @@
-//! Getting through NATs: listening on TCP and QUIC on one port before dialing anything,
-//! holding a relay reservation at the tracker while the node is not known to be reachable,
-//! and keeping track of each peer's connection path as DCUtR turns relayed connections into
-//! direct ones.
+//! Getting through NATs, as pure state: listening on TCP and QUIC on one port before dialing
+//! anything, and holding a relay reservation at the tracker while the node is not known to be
+//! reachable. [`NatState`] decides; the event loop executes its [`NatAction`]s (listen, stop
+//! listening, announce) and reports back the listener ids the swarm assigned.
 //!
 //! Reachability comes from AutoNAT with the tracker as the only server. Until it says
 //! `Public`, the node reserves a slot at the tracker's relay and announces its circuit
 //! address next to its direct ones, so a peer behind another NAT can dial it through the relay;
-//! DCUtR then punches a hole and pieces move over the direct connection. A reservation that
-//! closes (the tracker restarted, the connection dropped) is made again with backoff.
+//! DCUtR then punches a hole and pieces move over the direct connection (each peer's path is
+//! [`crate::paths::Connections`]'). A reservation that closes (the tracker restarted, the
+//! connection dropped) is made again with backoff.
 
 use std::time::{Duration, Instant};
 
 use bitswarm_protocols::{quic_twin, tcp_port};
-use libp2p::{
-    autonat,
-    core::{transport::ListenerId, ConnectedPoint},
-    dcutr,
-    multiaddr::Protocol,
-    relay,
-    swarm::ConnectionId,
-    Multiaddr, PeerId,
-};
+use libp2p::{core::transport::ListenerId, multiaddr::Protocol, Multiaddr, PeerId};
 use tracing::{debug, info, warn};
 
-use crate::{backoff::Backoff, EventLoop};
+use crate::backoff::Backoff;
 
 /// Most time spent waiting for listeners to bind before dialing the tracker.
-const LISTEN_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const LISTEN_WAIT: Duration = Duration::from_secs(5);
 /// First delay before retrying a failed reservation; doubles up to [`MAX_RETRY`].
 pub(crate) const MIN_RETRY: Duration = Duration::from_secs(1);
 /// Longest delay between reservation attempts.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// NAT-traversal state of the event loop.
+/// What the event loop must do for NAT traversal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NatAction {
+    /// Listen on this QUIC address, the twin of a TCP listener's port; report the listener
+    /// with [`NatState::quic_listening`].
+    ListenQuic(Multiaddr),
+    /// Listen on this circuit address (a relay reservation); report the listener with
+    /// [`NatState::reserving`], or a refusal with [`NatState::reservation_failed`].
+    Reserve(Multiaddr),
+    /// Stop listening (give up the reservation).
+    RemoveListener(ListenerId),
+    /// Announce again: the node's addresses changed.
+    Announce,
+}
+
+/// NAT-traversal state of one node.
 #[derive(Debug)]
 pub(crate) struct NatState {
     /// Listeners that have not reported an address yet.
     pending_listeners: Vec<ListenerId>,
     /// TCP listeners whose port QUIC should share, with the address they were asked for.
     tcp_listeners: Vec<(ListenerId, Multiaddr)>,
+    /// Start a QUIC twin for each TCP listener.
+    quic: bool,
+    /// Reserve at the tracker's relay while not publicly reachable.
+    relay_reservation: bool,
     /// The circuit listener at the tracker's relay.
     reservation: Option<ListenerId>,
     next_reservation: Instant,
@@ -48,15 +60,134 @@ pub(crate) struct NatState {
 }
 
 impl NatState {
-    pub(crate) fn new(tcp_listeners: Vec<(ListenerId, Multiaddr)>) -> Self {
+    pub(crate) fn new(
+        tcp_listeners: Vec<(ListenerId, Multiaddr)>,
+        quic: bool,
+        relay_reservation: bool,
+        now: Instant,
+    ) -> Self {
         NatState {
             pending_listeners: tcp_listeners.iter().map(|(id, _)| *id).collect(),
             tcp_listeners,
+            quic,
+            relay_reservation,
             reservation: None,
-            next_reservation: Instant::now(),
+            next_reservation: now,
             reservation_backoff: Backoff::new(MIN_RETRY, MAX_RETRY),
             public: false,
         }
+    }
+
+    /// Listeners that have not reported an address yet; nothing may be dialed before they
+    /// have (TCP hole punching dials from the listening port).
+    pub(crate) fn pending_listeners(&self) -> usize {
+        self.pending_listeners.len()
+    }
+
+    /// A listener reported `address`: a TCP one gets its QUIC twin on the same port; the
+    /// reservation's makes the node reachable through the relay (announced if it
+    /// `registers`).
+    pub(crate) fn on_listener_up(
+        &mut self,
+        listener: ListenerId,
+        address: &Multiaddr,
+        registers: bool,
+    ) -> Vec<NatAction> {
+        let mut actions = Vec::new();
+        self.pending_listeners.retain(|l| *l != listener);
+        if Some(listener) == self.reservation {
+            info!(%address, "reachable through the tracker's relay");
+            if registers {
+                actions.push(NatAction::Announce);
+            }
+        }
+        let Some(i) = self.tcp_listeners.iter().position(|(l, _)| *l == listener) else {
+            return actions;
+        };
+        let (_, asked) = self.tcp_listeners.swap_remove(i);
+        if self.quic {
+            if let Some(quic) = tcp_port(address).and_then(|port| quic_twin(&asked, port)) {
+                actions.push(NatAction::ListenQuic(quic));
+            }
+        }
+        actions
+    }
+
+    /// The QUIC twin asked for by [`NatAction::ListenQuic`] is starting as `listener`.
+    pub(crate) fn quic_listening(&mut self, listener: ListenerId) {
+        self.pending_listeners.push(listener);
+    }
+
+    /// A listener closed or failed for good at `now`; a closed reservation is made again after
+    /// the backoff.
+    pub(crate) fn on_listener_closed(
+        &mut self,
+        listener: ListenerId,
+        reason: &dyn std::fmt::Display,
+        now: Instant,
+    ) {
+        self.pending_listeners.retain(|l| *l != listener);
+        self.tcp_listeners.retain(|(l, _)| *l != listener);
+        if Some(listener) == self.reservation {
+            warn!(%reason, "relay reservation at the tracker closed; will reserve again");
+            self.reservation = None;
+            self.next_reservation = self.reservation_backoff.failed(now);
+        } else {
+            debug!(%reason, "listener closed");
+        }
+    }
+
+    /// The reservation to make at `now`, if the node needs one and has none: it `registers`
+    /// at the tracker, is not known to be public, and `tracker` (its peer id and address) is
+    /// connected.
+    pub(crate) fn reservation_wanted(
+        &self,
+        now: Instant,
+        registers: bool,
+        tracker: Option<(PeerId, &Multiaddr)>,
+    ) -> Option<NatAction> {
+        if !self.relay_reservation
+            || !registers
+            || self.public
+            || self.reservation.is_some()
+            || now < self.next_reservation
+        {
+            return None;
+        }
+        let (peer, addr) = tracker?;
+        Some(NatAction::Reserve(reservation_addr(addr, peer)))
+    }
+
+    /// The reservation asked for is starting as `listener`.
+    pub(crate) fn reserving(&mut self, listener: ListenerId) {
+        self.reservation = Some(listener);
+    }
+
+    /// The reservation could not even be started at `now`: try again after the backoff.
+    pub(crate) fn reservation_failed(&mut self, now: Instant) {
+        self.next_reservation = self.reservation_backoff.failed(now);
+    }
+
+    /// The relay accepted the reservation: the backoff starts afresh.
+    pub(crate) fn reservation_accepted(&mut self) {
+        self.reservation_backoff.reset();
+    }
+
+    /// AutoNAT's verdict changed. Once public, the reservation is given up (and the node
+    /// announces its addresses again if it `registers`).
+    pub(crate) fn on_status(&mut self, public: bool, registers: bool) -> Vec<NatAction> {
+        self.public = public;
+        let mut actions = Vec::new();
+        if public {
+            if let Some(id) = self.reservation.take() {
+                info!("publicly reachable: giving up the relay reservation");
+                actions.push(NatAction::RemoveListener(id));
+                if registers {
+                    actions.push(NatAction::Announce);
+                }
+            }
+        }
+        actions
     }
 }
 
@@ -70,220 +201,120 @@ fn reservation_addr(tracker_addr: &Multiaddr, tracker: PeerId) -> Multiaddr {
     addr.with(Protocol::P2p(tracker)).with(Protocol::P2pCircuit)
 }
 
-impl<E: libp2p::swarm::NetworkBehaviour> EventLoop<E> {
-    /// Waits (at most [`LISTEN_WAIT`]) until every listener reported an address, starting a
-    /// QUIC listener on each TCP listener's port as it does. TCP hole punching dials from the
-    /// listening port, so nothing may be dialed before this.
-    pub(crate) async fn await_listeners(&mut self) {
-        let deadline = tokio::time::sleep(LISTEN_WAIT);
-        tokio::pin!(deadline);
-        while !self.nat.pending_listeners.is_empty() {
-            tokio::select! {
-                event = futures::StreamExt::select_next_some(&mut self.swarm) => {
-                    self.handle_swarm_event(event)
-                }
-                () = &mut deadline => {
-                    warn!(pending = self.nat.pending_listeners.len(), "listeners not ready; going on");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// A listener reported `address`: a TCP one gets its QUIC twin on the same port.
-    pub(crate) fn on_listener_up(&mut self, listener: ListenerId, address: &Multiaddr) {
-        self.nat.pending_listeners.retain(|l| *l != listener);
-        if Some(listener) == self.nat.reservation {
-            info!(%address, "reachable through the tracker's relay");
-            if self.registers() {
-                self.announce();
-            }
-        }
-        let Some(i) = self
-            .nat
-            .tcp_listeners
-            .iter()
-            .position(|(l, _)| *l == listener)
-        else {
-            return;
-        };
-        let (_, asked) = self.nat.tcp_listeners.swap_remove(i);
-        if !self.config.quic {
-            return;
-        }
-        let Some(quic) = tcp_port(address).and_then(|port| quic_twin(&asked, port)) else {
-            return;
-        };
-        match self.swarm.listen_on(quic.clone()) {
-            Ok(id) => self.nat.pending_listeners.push(id),
-            Err(error) => warn!(addr = %quic, %error, "cannot listen on QUIC"),
-        }
-    }
-
-    /// A listener closed or failed for good.
-    pub(crate) fn on_listener_closed(
-        &mut self,
-        listener: ListenerId,
-        reason: &dyn std::fmt::Display,
-    ) {
-        self.nat.pending_listeners.retain(|l| *l != listener);
-        self.nat.tcp_listeners.retain(|(l, _)| *l != listener);
-        if Some(listener) == self.nat.reservation {
-            warn!(%reason, "relay reservation at the tracker closed; will reserve again");
-            self.nat.reservation = None;
-            self.nat.next_reservation = self.nat.reservation_backoff.failed(Instant::now());
-        } else {
-            debug!(%reason, "listener closed");
-        }
-    }
-
-    /// Reserves a slot at the tracker's relay if this node needs one and has none.
-    pub(crate) fn ensure_reservation(&mut self) {
-        if !self.config.relay_reservation
-            || !self.registers()
-            || self.nat.public
-            || self.nat.reservation.is_some()
-            || Instant::now() < self.nat.next_reservation
-        {
-            return;
-        }
-        let (Some(tracker), Some(tracker_addr)) = (self.tracker.connected(), &self.tracker_addr)
-        else {
-            return;
-        };
-        let addr = reservation_addr(tracker_addr, tracker);
-        debug!(%addr, "reserving a relay slot");
-        match self.swarm.listen_on(addr.clone()) {
-            Ok(id) => self.nat.reservation = Some(id),
-            Err(error) => {
-                warn!(%addr, %error, "cannot reserve a relay slot");
-                self.nat.next_reservation = self.nat.reservation_backoff.failed(Instant::now());
-            }
-        }
-    }
-
-    /// Whether this node registers at the tracker (and so needs to be reachable): it announces
-    /// its presence, or serves something.
-    pub(crate) fn registers(&self) -> bool {
-        self.config.announce_presence || !self.holdings.is_empty()
-    }
-
-    /// The tracker is connected: it is our AutoNAT server and relay.
-    pub(crate) fn on_tracker_link(&mut self, tracker: PeerId, addr: &Multiaddr) {
-        self.swarm
-            .behaviour_mut()
-            .autonat
-            .add_server(tracker, Some(addr.clone()));
-        self.ensure_reservation();
-    }
-
-    pub(crate) fn on_connection_established(
-        &mut self,
-        peer: PeerId,
-        id: ConnectionId,
-        point: &ConnectedPoint,
-    ) {
-        self.connections.established(peer, id, point);
-        if self.connections.data_path(&peer).is_some() {
-            self.close_relayed_if_direct(peer);
-            self.on_peer_ready(peer);
-        }
-    }
-
-    /// With a direct connection to `peer`, its relayed ones only waste the relay (and
-    /// request-response would spread requests over them).
-    fn close_relayed_if_direct(&mut self, peer: PeerId) {
-        for id in self.connections.relayed_if_direct(&peer) {
-            debug!(%peer, "closing the relayed connection: a direct one is up");
-            self.swarm.close_connection(id);
-        }
-    }
-
-    pub(crate) fn on_relay_client_event(&mut self, event: relay::client::Event) {
-        match event {
-            relay::client::Event::ReservationReqAccepted {
-                relay_peer_id,
-                renewal,
-                limit,
-            } => {
-                if !renewal {
-                    info!(relay = %relay_peer_id, ?limit, "relay reservation accepted");
-                }
-                self.nat.reservation_backoff.reset();
-            }
-            relay::client::Event::OutboundCircuitEstablished {
-                relay_peer_id,
-                limit,
-            } => {
-                debug!(relay = %relay_peer_id, ?limit, "circuit through relay");
-                self.connections
-                    .relay_limit(relay_peer_id, limit.and_then(|l| l.data_in_bytes()));
-                let ids: Vec<_> = self.downloads.keys().copied().collect();
-                for id in ids {
-                    self.schedule(id);
-                }
-            }
-            relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
-                debug!(peer = %src_peer_id, ?limit, "inbound circuit");
-                // Inbound circuits come through our reservation, at the tracker.
-                if let Some(relay) = self.tracker.connected() {
-                    self.connections
-                        .relay_limit(relay, limit.and_then(|l| l.data_in_bytes()));
-                }
-            }
-        }
-    }
-
-    pub(crate) fn on_dcutr_event(&mut self, event: dcutr::Event) {
-        let peer = event.remote_peer_id;
-        match event.result {
-            Ok(id) => {
-                info!(%peer, "hole punched: direct connection");
-                self.connections.hole_punched(peer, id);
-                self.close_relayed_if_direct(peer);
-                self.on_peer_ready(peer);
-            }
-            Err(error) => {
-                warn!(%peer, %error, "hole punching failed");
-                self.on_hole_punch_failed(peer, &error.to_string());
-            }
-        }
-    }
-
-    pub(crate) fn on_autonat_event(&mut self, event: autonat::Event) {
-        let autonat::Event::StatusChanged { old, new } = event else {
-            return debug!(?event, "autonat");
-        };
-        info!(?old, ?new, "reachability");
-        self.nat.public = matches!(new, autonat::NatStatus::Public(_));
-        if self.nat.public {
-            if let Some(id) = self.nat.reservation.take() {
-                info!("publicly reachable: giving up the relay reservation");
-                self.swarm.remove_listener(id);
-                if self.registers() {
-                    self.announce();
-                }
-            }
-        } else {
-            self.ensure_reservation();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tracker() -> (PeerId, Multiaddr) {
+        let addr = "/ip4/198.18.0.10/tcp/7000".parse().unwrap();
+        (PeerId::random(), addr)
+    }
+
     #[test]
     fn reservation_address_names_the_tracker_once() {
-        let tracker = PeerId::random();
-        let plain: Multiaddr = "/ip4/198.18.0.10/tcp/7000".parse().unwrap();
-        let full = plain.clone().with(Protocol::P2p(tracker));
+        let (peer, plain) = tracker();
+        let full = plain.clone().with(Protocol::P2p(peer));
         let want = plain
             .clone()
-            .with(Protocol::P2p(tracker))
+            .with(Protocol::P2p(peer))
             .with(Protocol::P2pCircuit);
-        assert_eq!(reservation_addr(&plain, tracker), want);
-        assert_eq!(reservation_addr(&full, tracker), want);
+        assert_eq!(reservation_addr(&plain, peer), want);
+        assert_eq!(reservation_addr(&full, peer), want);
+    }
+
+    #[test]
+    fn a_tcp_listener_gets_a_quic_twin_on_its_port_and_stays_pending_until_both_are_up() {
+        let now = Instant::now();
+        let tcp = ListenerId::next();
+        let asked: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        let mut nat = NatState::new(vec![(tcp, asked)], true, true, now);
+        assert_eq!(nat.pending_listeners(), 1);
+        let bound: Multiaddr = "/ip4/127.0.0.1/tcp/4100".parse().unwrap();
+        let actions = nat.on_listener_up(tcp, &bound, true);
+        let want: Multiaddr = "/ip4/127.0.0.1/udp/4100/quic-v1".parse().unwrap();
+        assert_eq!(actions, vec![NatAction::ListenQuic(want)]);
+        let quic = ListenerId::next();
+        nat.quic_listening(quic);
+        assert_eq!(nat.pending_listeners(), 1, "the QUIC twin is awaited too");
+        assert!(nat.on_listener_up(quic, &bound, true).is_empty());
+        assert_eq!(nat.pending_listeners(), 0);
+
+        let mut no_quic = NatState::new(vec![(tcp, bound.clone())], false, true, now);
+        assert!(no_quic.on_listener_up(tcp, &bound, true).is_empty());
+    }
+
+    #[test]
+    fn a_reservation_is_wanted_only_while_registered_connected_and_not_public() {
+        let now = Instant::now();
+        let (peer, addr) = tracker();
+        let mut nat = NatState::new(Vec::new(), true, true, now);
+        assert_eq!(
+            nat.reservation_wanted(now, false, Some((peer, &addr))),
+            None
+        );
+        assert_eq!(nat.reservation_wanted(now, true, None), None);
+        let Some(NatAction::Reserve(circuit)) =
+            nat.reservation_wanted(now, true, Some((peer, &addr)))
+        else {
+            panic!("a registered, connected, unknown-reachability node reserves");
+        };
+        assert_eq!(circuit, reservation_addr(&addr, peer));
+        let id = ListenerId::next();
+        nat.reserving(id);
+        assert_eq!(
+            nat.reservation_wanted(now, true, Some((peer, &addr))),
+            None,
+            "one at a time"
+        );
+        // The circuit listener comes up: the node announces its circuit address.
+        assert_eq!(
+            nat.on_listener_up(id, &circuit, true),
+            vec![NatAction::Announce]
+        );
+        // AutoNAT says public: the reservation goes, and no new one is made.
+        let actions = nat.on_status(true, true);
+        assert_eq!(
+            actions,
+            vec![NatAction::RemoveListener(id), NatAction::Announce]
+        );
+        assert_eq!(nat.reservation_wanted(now, true, Some((peer, &addr))), None);
+        // Private again: reserve again.
+        assert!(nat.on_status(false, true).is_empty());
+        assert!(nat
+            .reservation_wanted(now, true, Some((peer, &addr)))
+            .is_some());
+
+        let off = NatState::new(Vec::new(), true, false, now);
+        assert_eq!(off.reservation_wanted(now, true, Some((peer, &addr))), None);
+    }
+
+    #[test]
+    fn a_closed_reservation_is_made_again_after_a_growing_backoff() {
+        let t0 = Instant::now();
+        let (peer, addr) = tracker();
+        let tracker = Some((peer, &addr));
+        let mut nat = NatState::new(Vec::new(), true, true, t0);
+        nat.reserving(ListenerId::next());
+        let first = nat.reservation.unwrap();
+        nat.on_listener_closed(first, &"relay went away", t0);
+        assert_eq!(
+            nat.reservation_wanted(t0, true, tracker),
+            None,
+            "backing off"
+        );
+        let t1 = t0 + MIN_RETRY;
+        assert!(nat.reservation_wanted(t1, true, tracker).is_some());
+        // A second failure waits longer.
+        nat.reservation_failed(t1);
+        assert_eq!(nat.reservation_wanted(t1 + MIN_RETRY, true, tracker), None);
+        assert!(nat
+            .reservation_wanted(t1 + 2 * MIN_RETRY, true, tracker)
+            .is_some());
+        // An accepted reservation resets the backoff.
+        nat.reservation_accepted();
+        nat.reservation_failed(t1);
+        assert!(nat
+            .reservation_wanted(t1 + MIN_RETRY, true, tracker)
+            .is_some());
     }
 }

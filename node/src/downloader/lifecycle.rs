@@ -1,33 +1,38 @@
-//! A download's upkeep and end: the housekeeping tick (provider wait, re-lookups, bitfield
-//! refreshes), finishing, failing, and what a download lets this node serve.
+//! A download's upkeep and end: the tick (provider wait, re-lookups, bitfield refreshes,
+//! probation, hole-punch waits), finishing, failing.
 
 use super::*;
+use crate::{
+    client::{Downloaded, Source},
+    place::{Finished, PlaceError},
+};
 
 /// How long a provider that has delivered nothing yet may sit on a request before it counts
 /// as timed out (the transport's own timeout is [`crate::Config::request_timeout`]).
-const PROBATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(4);
+const PROBATION_PATIENCE: Duration = Duration::from_secs(4);
 
-impl<E: NetworkBehaviour> EventLoop<E> {
-    /// Per-tick upkeep of every download: provider-wait deadline, re-lookups, bitfield
-    /// refreshes of partial providers.
-    pub(crate) fn downloads_housekeeping(&mut self) {
-        let now = Instant::now();
-        let wait = self.config.provider_wait;
-        let relookup = self.config.relookup_interval;
-        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+impl Downloads {
+    /// Per-tick upkeep of every download at `cx.now`: the provider-wait deadline, re-lookups,
+    /// bitfield refreshes of partial providers, overdue requests of providers on probation,
+    /// and hole-punch waits.
+    pub(crate) fn tick(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now;
+        let wait = self.settings.provider_wait;
+        let relookup = self.settings.relookup_interval;
+        let mut ids: Vec<DownloadId> = self.map.keys().copied().collect();
+        ids.sort_by_key(|id| id.0);
         for id in ids {
-            let Some(dl) = self.downloads.get_mut(&id) else {
+            let Some(dl) = self.map.get_mut(&id) else {
                 continue;
             };
             if matches!(
                 dl.phase,
-                Phase::Checking | Phase::Opening { .. } | Phase::Finishing { .. }
+                Phase::Checking(_) | Phase::Opening { .. } | Phase::Finishing { .. }
             ) {
                 continue;
             }
             if now.duration_since(dl.last_progress) > wait {
-                let file = dl.file;
-                let error = match file {
+                let error = match dl.phase.file() {
                     Some(file) => GetError::NoProviders {
                         file,
                         waited: wait,
@@ -35,23 +40,19 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     },
                     None => GetError::UnknownFile(dl.what()),
                 };
-                self.fail_download(id, error);
+                self.fail(cx, id, error);
                 continue;
             }
-            if let (Some(file), false, true) = (dl.file, dl.lookup_pending, now >= dl.next_lookup) {
+            if let (Some(file), false, true) =
+                (dl.phase.file(), dl.lookup_pending, now >= dl.next_lookup)
+            {
                 dl.lookup_pending = true;
                 dl.next_lookup = now + relookup;
-                self.tracker_request(
-                    tracker::Request::Lookup {
-                        key: LookupKey::Id(file),
-                        limit: LOOKUP_LIMIT,
-                    },
-                    TrackerWaiter::Download(id),
-                );
+                cx.push(Action::Lookup {
+                    download: id,
+                    key: LookupKey::Id(file),
+                });
             }
-            let Some(dl) = self.downloads.get_mut(&id) else {
-                continue;
-            };
             let partial: Vec<PeerId> = dl
                 .providers
                 .iter()
@@ -59,105 +60,106 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 .map(|(peer, _)| *peer)
                 .collect();
             let backed_off = dl.providers.clear_backoff();
-            if matches!(dl.phase, Phase::Manifest) {
+            if matches!(dl.phase, Phase::Manifest { .. }) {
                 // Lifted backoffs and patience run out: ask further providers.
-                self.request_manifest(id);
+                self.request_manifest(cx, id);
                 continue;
             }
             // A provider on probation that sits on a request is treated as timed out long
             // before the transport's timeout: its piece goes elsewhere, and three strikes
             // drop it.
             let overdue = dl.providers.overdue(now, PROBATION_PATIENCE);
+            let transfer = matches!(dl.phase, Phase::Transfer(_));
             for (peer, piece) in overdue {
                 let why = format!(
                     "no answer within {}s to its first requests",
                     PROBATION_PATIENCE.as_secs()
                 );
-                self.on_request_failed(id, peer, Want::Piece(piece), Failure::Timeout, &why);
+                self.on_request_failed(cx, id, peer, Want::Piece(piece), Failure::Timeout, &why);
             }
-            let Some(dl) = self.downloads.get_mut(&id) else {
-                continue;
-            };
-            if matches!(dl.phase, Phase::Transfer { .. }) {
+            if transfer {
                 for peer in partial {
-                    self.request_have(id, peer);
+                    self.request_have(cx, id, peer);
                 }
                 if backed_off {
-                    self.schedule(id);
+                    self.schedule(cx, id);
                 }
             }
         }
-        self.check_hole_punch_waits(now);
+        self.check_hole_punch_waits(cx);
     }
 
-    /// Providers reachable only through a relay that carries no data get
-    /// `holepunch_wait` for DCUtR to open a direct connection.
-    fn check_hole_punch_waits(&mut self, now: Instant) {
-        let limit = self.config.holepunch_wait;
+    /// Providers reachable only through a relay that carries no data get `holepunch_wait`
+    /// for DCUtR to open a direct connection.
+    pub(super) fn check_hole_punch_waits(&mut self, cx: &mut Cx<'_>) {
+        let limit = self.settings.holepunch_wait;
         let mut expired = Vec::new();
-        let connections = &self.connections;
-        for dl in self.downloads.values_mut() {
-            expired.extend(dl.providers.hole_punch_expired(now, limit, |peer| {
+        let connections = cx.connections;
+        for dl in self.map.values_mut() {
+            expired.extend(dl.providers.hole_punch_expired(cx.now, limit, |peer| {
                 connections.only_signalling_relay(peer).is_some()
             }));
         }
+        expired.sort();
+        expired.dedup();
         for peer in expired {
             let why = format!("no direct connection within {}s", limit.as_secs());
-            self.on_hole_punch_failed(peer, &why);
+            self.on_hole_punch_failed(cx, peer, &why);
         }
     }
 
-    pub(super) fn finish(&mut self, id: DownloadId) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
+    /// Every piece is verified: fsync and rename on a blocking task.
+    pub(super) fn finish(&mut self, cx: &mut Cx<'_>, id: DownloadId) {
+        let Some(dl) = self.map.get_mut(&id) else {
             return;
         };
-        let (
-            Some(name),
-            Phase::Transfer {
-                manifest,
-                file,
-                dir,
-                ..
-            },
-        ) = (dl.final_name.clone(), &dl.phase)
+        let Phase::Transfer(t) = &dl.phase else {
+            return;
+        };
+        let job = DiskJob::Finish {
+            dir: t.dir.clone(),
+            file: Arc::clone(&t.file),
+            id: t.manifest.id(),
+            name: t.name.clone(),
+        };
+        let finishing = Phase::Finishing {
+            id: t.manifest.id(),
+            size: t.manifest.lengths().size(),
+            path: t.dir.join(t.name.as_str()),
+        };
+        dl.phase = finishing;
+        cx.push(Action::Disk { download: id, job });
+    }
+
+    pub(super) fn on_finished(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: DownloadId,
+        result: Result<Finished, PlaceError>,
+    ) {
+        let Some(dl) = self.map.get(&id) else {
+            return;
+        };
+        let Phase::Finishing {
+            id: file,
+            size,
+            path,
+        } = &dl.phase
         else {
             return;
         };
-        let (file, dir, file_id) = (Arc::clone(file), dir.clone(), manifest.id());
-        let size = manifest.lengths().size();
-        dl.phase = Phase::Finishing {
-            size,
-            path: dir.join(name.as_str()),
-        };
-        self.spawn_task(id, move || {
-            let result = place::finish(&dir, &file, &file_id, &name);
-            TaskDone::Finished {
-                download: id,
-                result,
-            }
-        });
-    }
-
-    pub(super) fn on_finished(&mut self, id: DownloadId, result: Result<Finished, PlaceError>) {
-        let Some(mut dl) = self.downloads.remove(&id) else {
-            return;
-        };
-        let (Some(file), Phase::Finishing { size, path }) = (dl.file, &dl.phase) else {
-            return;
-        };
-        let (size, path) = (*size, path.clone());
+        let (file, size, path) = (*file, *size, path.clone());
         match result {
-            Err(error) => {
-                self.downloads.insert(id, dl);
-                return self.fail_download(id, error.into());
-            }
+            Err(error) => return self.fail(cx, id, error.into()),
             Ok(Finished::AlreadyThere) => {
                 info!(%file, path = %path.display(), "the same file took the name first");
             }
             Ok(Finished::Renamed) => {}
         }
-        self.holdings.completed(&file, id);
-        let providers_used = dl.providers.iter().filter(|(_, p)| p.pieces > 0).count();
+        let Some(dl) = self.map.remove(&id) else {
+            return;
+        };
+        cx.holdings.completed(&file, id);
         let mut sources: Vec<Source> = dl
             .providers
             .iter()
@@ -173,37 +175,39 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             id: file,
             path: path.clone(),
             size,
-            elapsed: dl.started.elapsed(),
-            providers_used,
+            elapsed: cx.now.duration_since(dl.started),
+            providers_used: sources.len(),
             sources,
             resumed: dl.resumed,
             fetched: dl.fetched,
             present: false,
         };
-        info!(%file, path = %path.display(), size, elapsed = ?done.elapsed, providers_used, resumed = dl.resumed, "download complete");
-        self.emit(Event::Downloaded { file, path });
-        if let Some(reply) = dl.reply.take() {
-            let _ = reply.send(Ok(Outcome::File(done)));
-        }
-        self.announce();
+        info!(%file, path = %path.display(), size, elapsed = ?done.elapsed, providers_used = done.providers_used, resumed = dl.resumed, "download complete");
+        cx.push(Action::Emit(Event::Downloaded { file, path }));
+        let _ = dl.reply.send(Ok(Outcome::File(done)));
+        cx.push(Action::Announce);
     }
 
     /// Ends a download with `error`; its `.part` file stays for a later run.
-    pub(crate) fn fail_download(&mut self, id: DownloadId, error: GetError) {
-        let Some(mut dl) = self.downloads.remove(&id) else {
+    pub(crate) fn fail(&mut self, cx: &mut Cx<'_>, id: DownloadId, error: GetError) {
+        let Some(dl) = self.map.remove(&id) else {
             return;
         };
-        if let Some(file) = dl.file {
-            if self.holdings.release(&file, id) {
-                self.tracker_request(
-                    tracker::Request::Unannounce { id: file },
-                    TrackerWaiter::Unannounce,
-                );
+        let file = dl.phase.file();
+        if let Some(file) = file {
+            if cx.holdings.release(&file, id) {
+                cx.push(Action::Unannounce(file));
             }
         }
-        warn!(file = ?dl.file, %error, "download failed");
-        if let Some(reply) = dl.reply.take() {
-            let _ = reply.send(Err(error));
+        warn!(file = ?file, %error, "download failed");
+        let _ = dl.reply.send(Err(error));
+    }
+
+    /// Ends every download with `error` (the node stops).
+    pub(crate) fn fail_all(&mut self, cx: &mut Cx<'_>, error: impl Fn() -> GetError) {
+        let ids: Vec<DownloadId> = self.map.keys().copied().collect();
+        for id in ids {
+            self.fail(cx, id, error());
         }
     }
 }

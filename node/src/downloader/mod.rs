@@ -1,48 +1,60 @@
-//! Downloads: locate providers through the tracker, fetch and verify the manifest, then pull
-//! pieces rarest-first from every provider at once, complete seeders and partial leechers alike.
+//! Downloads, as a sans-IO core: [`Downloads`] owns every running download and decides; the
+//! event loop feeds it inputs (a tracker answer, a transfer response or failure, a finished disk
+//! job, a peer that became reachable, a tick with `now`) and executes the [`Action`]s it returns
+//! (send this request, dial, close, run this [`DiskJob`], announce, emit). It has no swarm, no
+//! clock and no randomness of its own: time comes in [`Cx::now`], and its RNG is seeded by
+//! whoever builds it.
 //!
-//! Phases of one download: `Locating` (first tracker lookup) -> `Checking` (the file may be
-//! there already) -> `Manifest` (providers asked one at a time until one sends a manifest that
-//! merges to the file id) -> `Opening` (the `.part` file opened on a blocking task; pieces from
-//! an earlier run are verified and kept) -> `Transfer` -> `Finishing` (fsync + rename) -> done. A failure answers the waiting
-//! [`crate::Download`] and leaves the `.part` file for a later run. Where the file lands (the
-//! locked `.part` file named by the id, the checks before the rename) is [`crate::place`]'s.
+//! Phases of one download ([`Phase`], each owning its data):
+//! `Locating` (first tracker lookup) -> `Checking` (the file may be there already) ->
+//! `Manifest` (providers asked, a few at a time, until one sends a manifest that merges to the
+//! file id) -> `Opening` (the `.part` file opened on a blocking task; pieces from an earlier run
+//! are verified and kept) -> `Transfer` -> `Finishing` (fsync + rename) -> done. A failure
+//! answers the waiting [`crate::Download`] and leaves the `.part` file for a later run. Where
+//! the file lands is [`crate::place`]'s.
 //!
 //! Providers: complete ones hold every piece; partial ones are asked for their bitfield
-//! (`Have`) on joining and every housekeeping tick. Each has an in-flight window that grows by
-//! one per window of pieces delivered while it was full and halves on a timeout. A peer that
-//! sends a piece failing verification, or whose request fails for good (connection lost, not
-//! found, unsupported), is dropped for the file; timeouts drop it after a few. Providers come
-//! from periodic re-lookups and from peers that ask us for pieces of the same file.
+//! (`Have`) on joining and every tick. Their rules (windows, Busy backoff, timeouts, probation,
+//! bans, the in-flight cap, endgame) are [`providers::Providers`]'. Providers come from periodic
+//! re-lookups and from peers that ask us for pieces of the same file.
 //!
 //! A download with no provider sending data for `provider_wait` fails with "no provider".
 //!
-//! Files: this one holds the state and the provider bookkeeping; `pieces` the data path
-//! (manifest or collection, bitfields, pieces, scheduling); `lifecycle` the housekeeping tick,
-//! finishing and failing; `picker` and `bitfield` the pure state they share.
+//! Files: this one holds the types, starting a download, lookups and routing the answers to
+//! its requests; `peers` providers joining, becoming reachable and being dropped; `pieces` the
+//! data path (manifest or collection, bitfields, pieces, scheduling); `lifecycle` the tick,
+//! finishing and failing; `disk` the blocking jobs the event loop runs; `picker`, `bitfield`
+//! and `providers` the pure state they share; `tests` drives the whole core with scripted
+//! inputs and a fixed clock.
 
 mod bitfield;
+mod disk;
 mod lifecycle;
+mod peers;
 pub(crate) mod picker;
 mod pieces;
 mod providers;
+#[cfg(test)]
+mod tests;
 
-use std::{fs::File, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fs::File,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 pub(crate) use bitfield::Bitfield;
 use bitswarm_protocols::{
+    buffers::BufferPool,
     tracker::{self, FileRecord, LookupKey},
-    transfer, Collection, CollectionError, ErrorCode, FileId, FileName, Manifest, PieceIndex,
-    WireManifest,
+    transfer, ErrorCode, FileId, FileName, Manifest, PieceIndex,
 };
-use libp2p::{
-    request_response::{OutboundFailure, OutboundRequestId},
-    swarm::{
-        dial_opts::{DialOpts, PeerCondition},
-        DialError, NetworkBehaviour,
-    },
-    PeerId,
-};
+pub(crate) use disk::{DiskJob, TaskDone};
+use libp2p::{request_response::OutboundFailure, swarm::ConnectionId, Multiaddr, PeerId};
+use rand::rngs::StdRng;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -51,26 +63,25 @@ use self::{
     providers::{Admitted, Failure, Limits, Providers},
 };
 use crate::{
-    client::{Downloaded, Outcome, Progress, Source},
+    client::{LocalStats, Outcome, Progress},
+    command::Get,
     error::GetError,
-    event_loop::{TaskOutput, TrackerWaiter},
-    place::{self, Dir, Finished, Opened, PlaceError},
-    store::{self, StoreError},
-    Event, EventLoop,
+    holdings::Holdings,
+    paths::Connections,
+    place::Dir,
+    Config, Event,
 };
 
 /// How long a manifest request holds one of the [`MANIFEST_PARALLEL`] slots before another
 /// provider is asked in its place (far shorter than the request timeout and `--wait`).
-const MANIFEST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
-/// Manifest requests waited for at once: one is asked at first, a second on the next
-/// housekeeping tick if the first has not answered (both may then be fetched; the first
-/// verified wins).
+const MANIFEST_PATIENCE: Duration = Duration::from_secs(1);
+/// Manifest requests waited for at once: one is asked at first, a second on the next tick if
+/// the first has not answered (both may then be fetched; the first verified wins).
 const MANIFEST_PARALLEL: usize = 2;
-
 /// Most providers one lookup asks the tracker for.
-const LOOKUP_LIMIT: u32 = 200;
+pub(crate) const LOOKUP_LIMIT: u32 = 200;
 
-/// Local handle of one download in the event loop.
+/// Local handle of one download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct DownloadId(u64);
 
@@ -81,106 +92,179 @@ impl DownloadId {
     }
 }
 
-/// What an outbound transfer request is for.
-#[derive(Debug)]
+/// What an outbound transfer request is for; the event loop keeps it with the request id and
+/// hands it back with the answer.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct TransferRequest {
     download: DownloadId,
     want: Want,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
     Manifest,
     Have,
     Piece(PieceIndex),
 }
 
-/// Results of a download's blocking tasks.
-pub(crate) enum TaskDone {
-    Opened {
-        download: DownloadId,
-        result: Result<Opened, PlaceError>,
-    },
-    PieceStored {
-        download: DownloadId,
+/// What the event loop must do for the downloads.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send `request` to `peer`; its answer comes back with `tag`.
+    Request {
         peer: PeerId,
-        piece: PieceIndex,
-        result: Result<(), StoreError>,
+        request: transfer::Request,
+        tag: TransferRequest,
     },
-    Finished {
+    /// Ask the tracker for the providers of `key`; the answer goes to
+    /// [`Downloads::on_lookup`].
+    Lookup {
         download: DownloadId,
-        result: Result<Finished, PlaceError>,
+        key: LookupKey,
     },
-    Checked {
-        download: DownloadId,
-        result: Result<Option<(Dir, Manifest, File)>, PlaceError>,
-    },
-    /// The task panicked (a bug): the download fails rather than waiting forever.
-    Panicked { download: DownloadId },
+    /// Tell the tracker this node no longer holds `file`.
+    Unannounce(FileId),
+    /// Tell the tracker what this node holds now.
+    Announce,
+    /// Remember an address of `peer` for dialing.
+    AddAddress { peer: PeerId, addr: Multiaddr },
+    /// Connect to `peer` unless connected or dialing; a failure goes to
+    /// [`Downloads::on_dial_failed`].
+    Dial(PeerId),
+    /// Close a connection.
+    Close(ConnectionId),
+    /// Run `job` on a blocking task; its [`TaskDone`] goes to [`Downloads::on_task`].
+    Disk { download: DownloadId, job: DiskJob },
+    /// Tell the node's observers.
+    Emit(Event<Infallible>),
 }
 
-/// One download's state.
-pub(crate) struct DownloadState {
-    key: LookupKey,
-    out_dir: PathBuf,
-    /// The output directory, already opened by the caller (collection entries, whose
-    /// directories are created without following links); else `out_dir` is opened.
-    dir: Option<Dir>,
-    /// The name to write the file under, when the caller fixes it (`--name`, collection
-    /// entries); else the name asked for, or the manifest's made safe.
-    name: Option<FileName>,
-    /// Largest file accepted.
-    max_size: u64,
-    /// The size the tracker lists for the file; a manifest must agree.
-    expected_size: Option<u64>,
-    progress: Arc<watch::Sender<Progress>>,
-    reply: Option<oneshot::Sender<Result<Outcome, GetError>>>,
-    started: Instant,
-    /// Known after the first lookup.
-    file: Option<FileId>,
-    /// The final name, known once the manifest is verified.
-    final_name: Option<FileName>,
-    providers: Providers,
-    phase: Phase,
-    /// Last time a provider joined or sent something useful; `provider_wait` runs from here.
-    last_progress: Instant,
-    next_lookup: Instant,
-    lookup_pending: bool,
-    /// Manifest requests out: to whom, since when. One that has not answered within
-    /// [`MANIFEST_PATIENCE`] no longer holds a slot (it may still answer), so a provider that
-    /// never answers cannot stall the download until the request timeout.
-    manifest_asks: Vec<(PeerId, Instant)>,
-    resumed: u64,
-    fetched: u64,
-    /// Why the last provider was dropped, for the "no provider" error.
-    last_problem: Option<String>,
+/// What every call into [`Downloads`] gets: the time, the facts it reads, the state it shares
+/// with the rest of the node, and where its actions go.
+pub(crate) struct Cx<'a> {
+    pub(crate) now: Instant,
+    /// This node's connections (which peers can carry pieces).
+    pub(crate) connections: &'a Connections,
+    /// What this node serves: downloads add their verified pieces.
+    pub(crate) holdings: &'a mut Holdings,
+    pub(crate) stats: &'a mut LocalStats,
+    pub(crate) out: &'a mut Vec<Action>,
+}
+
+impl Cx<'_> {
+    fn push(&mut self, action: Action) {
+        self.out.push(action);
+    }
+}
+
+/// The numbers the downloads live by (from [`Config`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    limits: Limits,
+    provider_wait: Duration,
+    relookup_interval: Duration,
+    holepunch_wait: Duration,
+}
+
+impl Settings {
+    pub(crate) fn new(config: &Config) -> Self {
+        Settings {
+            limits: Limits {
+                window: config.window,
+                max_window: config.max_window,
+                max_in_flight: config.max_in_flight,
+                max_timeouts: config.max_provider_failures,
+            },
+            provider_wait: config.provider_wait,
+            relookup_interval: config.relookup_interval,
+            holepunch_wait: config.holepunch_wait,
+        }
+    }
+}
+
+/// The file a lookup found: its id and the size the tracker lists (a manifest must agree).
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    id: FileId,
+    size: u64,
+}
+
+/// The `.part` file being filled.
+struct Transfer {
+    manifest: Arc<Manifest>,
+    /// The locked `.part` file.
+    file: Arc<File>,
+    dir: Dir,
+    picker: PiecePicker,
+    /// The final name.
+    name: FileName,
 }
 
 enum Phase {
     Locating,
     /// Looking at the output directory: a file already there with this id ends the download
     /// before any provider is asked.
-    Checking,
-    Manifest,
+    Checking(Found),
+    Manifest {
+        found: Found,
+        /// Manifest requests out: to whom, since when. One that has not answered within
+        /// [`MANIFEST_PATIENCE`] no longer holds a slot (it may still answer), so a provider
+        /// that never answers cannot stall the download until the request timeout.
+        asks: Vec<(PeerId, Instant)>,
+    },
     Opening {
         manifest: Arc<Manifest>,
+        name: FileName,
     },
-    Transfer {
-        manifest: Arc<Manifest>,
-        /// The locked `.part` file.
-        file: Arc<File>,
-        dir: Dir,
-        picker: PiecePicker,
-    },
+    Transfer(Transfer),
     Finishing {
+        id: FileId,
         size: u64,
         path: PathBuf,
     },
 }
 
+impl Phase {
+    /// The file, once the first lookup named it.
+    fn file(&self) -> Option<FileId> {
+        match self {
+            Phase::Locating => None,
+            Phase::Checking(found) | Phase::Manifest { found, .. } => Some(found.id),
+            Phase::Opening { manifest, .. } => Some(manifest.id()),
+            Phase::Transfer(t) => Some(t.manifest.id()),
+            Phase::Finishing { id, .. } => Some(*id),
+        }
+    }
+
+    fn picker(&mut self) -> Option<&mut PiecePicker> {
+        match self {
+            Phase::Transfer(t) => Some(&mut t.picker),
+            _ => None,
+        }
+    }
+}
+
+/// One download's state.
+struct DownloadState {
+    get: Get,
+    progress: Arc<watch::Sender<Progress>>,
+    reply: oneshot::Sender<Result<Outcome, GetError>>,
+    started: Instant,
+    providers: Providers,
+    phase: Phase,
+    /// Last time a provider joined or sent something useful; `provider_wait` runs from here.
+    last_progress: Instant,
+    next_lookup: Instant,
+    lookup_pending: bool,
+    resumed: u64,
+    fetched: u64,
+    /// Why the last provider was dropped, for the "no provider" error.
+    last_problem: Option<String>,
+}
+
 impl DownloadState {
     fn what(&self) -> String {
-        match &self.key {
+        match &self.get.key {
             LookupKey::Id(f) => f.to_string(),
             LookupKey::Name(n) => n.to_string(),
         }
@@ -209,309 +293,160 @@ fn choose_record(key: &LookupKey, records: Vec<FileRecord>) -> Result<FileRecord
     }
 }
 
-impl<E: NetworkBehaviour> EventLoop<E> {
-    /// Runs a download's disk work on a blocking task; a panic there fails the download.
-    fn spawn_task(
-        &mut self,
-        download: DownloadId,
-        task: impl FnOnce() -> TaskDone + Send + 'static,
-    ) {
-        self.tasks.spawn_blocking(move || {
-            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task))
-                .unwrap_or(TaskDone::Panicked { download });
-            TaskOutput::Download(done)
-        });
-    }
+/// Every running download of one node.
+pub(crate) struct Downloads {
+    map: HashMap<DownloadId, DownloadState>,
+    next: u64,
+    settings: Settings,
+    /// This node (never its own provider).
+    local: PeerId,
+    /// The randomness of piece picking.
+    rng: StdRng,
+    /// Where the buffers of discarded endgame copies go back.
+    pool: Arc<BufferPool>,
+}
 
-    fn limits(&self) -> Limits {
-        Limits {
-            window: self.config.window,
-            max_window: self.config.max_window,
-            max_in_flight: self.config.max_in_flight,
-            max_timeouts: self.config.max_provider_failures,
+impl Downloads {
+    pub(crate) fn new(
+        settings: Settings,
+        local: PeerId,
+        rng: StdRng,
+        pool: Arc<BufferPool>,
+    ) -> Self {
+        Downloads {
+            map: HashMap::new(),
+            next: 0,
+            settings,
+            local,
+            rng,
+            pool,
         }
     }
 
-    pub(crate) fn start_download(
+    /// Whether no download runs.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Starts a download: its first lookup goes out at once.
+    pub(crate) fn start(
         &mut self,
-        get: crate::command::Get,
+        cx: &mut Cx<'_>,
+        get: Get,
         progress: Arc<watch::Sender<Progress>>,
         reply: oneshot::Sender<Result<Outcome, GetError>>,
-    ) {
-        let id = DownloadId(self.next_download);
-        self.next_download += 1;
-        let key = get.key;
-        info!(?key, out = %get.out_dir.display(), "download requested");
-        let now = Instant::now();
+    ) -> DownloadId {
+        let id = DownloadId(self.next);
+        self.next += 1;
+        info!(key = ?get.key, out = %get.out_dir.display(), "download requested");
+        let key = get.key.clone();
         let download = DownloadState {
-            key: key.clone(),
-            out_dir: get.out_dir,
-            dir: get.dir,
-            name: get.name,
-            max_size: get.max_size,
-            expected_size: None,
+            get,
             progress,
-            reply: Some(reply),
-            started: now,
-            file: None,
-            final_name: None,
-            providers: Providers::new(self.limits()),
+            reply,
+            started: cx.now,
+            providers: Providers::new(self.settings.limits),
             phase: Phase::Locating,
-            last_progress: now,
-            next_lookup: now + self.config.relookup_interval,
+            last_progress: cx.now,
+            next_lookup: cx.now + self.settings.relookup_interval,
             lookup_pending: true,
-            manifest_asks: Vec::new(),
             resumed: 0,
             fetched: 0,
             last_problem: None,
         };
-        self.downloads.insert(id, download);
-        self.tracker_request(
-            tracker::Request::Lookup {
-                key,
-                limit: LOOKUP_LIMIT,
-            },
-            TrackerWaiter::Download(id),
-        );
+        self.map.insert(id, download);
+        cx.push(Action::Lookup { download: id, key });
+        id
     }
 
-    /// The first lookup failed (tracker unreachable or refused): the download cannot start.
-    /// A failed re-lookup only means no new providers this time.
-    pub(crate) fn on_lookup_failed(&mut self, id: DownloadId, error: crate::Error) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
+    /// A lookup failed (tracker unreachable or refused). The first one means the download
+    /// cannot start; a failed re-lookup only means no new providers this time.
+    pub(crate) fn on_lookup_failed(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: DownloadId,
+        error: crate::Error,
+    ) {
+        let Some(dl) = self.map.get_mut(&id) else {
             return;
         };
         dl.lookup_pending = false;
         if matches!(dl.phase, Phase::Locating) {
-            self.fail_download(id, error.into());
+            self.fail(cx, id, error.into());
         } else {
             debug!(%error, "re-lookup failed");
         }
     }
 
-    pub(crate) fn on_providers(&mut self, id: DownloadId, records: Vec<FileRecord>) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
+    /// The tracker answered a lookup.
+    pub(crate) fn on_lookup(&mut self, cx: &mut Cx<'_>, id: DownloadId, records: Vec<FileRecord>) {
+        let Some(dl) = self.map.get_mut(&id) else {
             return;
         };
         dl.lookup_pending = false;
-        if let Some(file) = dl.file {
+        if let Some(file) = dl.phase.file() {
             let record = records.into_iter().find(|r| r.id == file);
-            return self.add_providers(id, record.map(|r| r.providers).unwrap_or_default(), true);
+            let providers = record.map(|r| r.providers).unwrap_or_default();
+            return self.add_providers(cx, id, providers, true);
         }
-        let record = match choose_record(&dl.key, records) {
+        let record = match choose_record(&dl.get.key, records) {
             Ok(record) => record,
-            Err(error) => return self.fail_download(id, error),
+            Err(error) => return self.fail(cx, id, error),
         };
         // A file this node already holds complete may be fetched again elsewhere; two downloads
         // of one file at once may not.
         let busy = self
-            .downloads
+            .map
             .iter()
-            .any(|(other, d)| *other != id && d.file == Some(record.id));
+            .any(|(other, d)| *other != id && d.phase.file() == Some(record.id));
         if busy {
-            return self.fail_download(id, GetError::Busy(record.id));
+            return self.fail(cx, id, GetError::Busy(record.id));
         }
-        let Some(dl) = self.downloads.get_mut(&id) else {
+        let Some(dl) = self.map.get_mut(&id) else {
             return;
         };
-        if record.size > dl.max_size {
+        if record.size > dl.get.max_size {
             let error = GetError::TooLarge {
                 id: record.id,
                 size: record.size,
-                max: dl.max_size,
+                max: dl.get.max_size,
             };
-            return self.fail_download(id, error);
+            return self.fail(cx, id, error);
         }
-        dl.expected_size = Some(record.size);
-        dl.file = Some(record.id);
-        dl.phase = Phase::Checking;
+        let found = Found {
+            id: record.id,
+            size: record.size,
+        };
+        dl.phase = Phase::Checking(found);
         dl.progress.send_modify(|p| p.id = Some(record.id));
         // The name it would land under: the one given, or the tracker's made safe (the
         // manifest's may differ; `Opening` checks that one again).
-        let name = match (&dl.name, &dl.key) {
-            (Some(n), _) | (None, LookupKey::Name(n)) => n.clone(),
-            (None, LookupKey::Id(_)) => place::safe_name(&record.name, &record.id),
-        };
-        let (dir, out_dir, file, size) =
-            (dl.dir.clone(), dl.out_dir.clone(), record.id, record.size);
-        self.spawn_task(id, move || {
-            let dir = match dir {
-                Some(dir) => Ok(dir),
-                None => Dir::open(&out_dir),
-            };
-            // Only a match counts here: anything else (nothing there, another file, an
-            // unreadable one) is decided under the manifest's name, once it is known.
-            let result = dir.map(
-                |dir| match place::present(&dir, name.as_str(), &file, size) {
-                    Ok(Some((manifest, file))) => Some((dir, manifest, file)),
-                    Ok(None) | Err(_) => None,
-                },
-            );
-            TaskDone::Checked {
-                download: id,
-                result,
-            }
-        });
-        self.add_providers(id, record.providers, true);
-    }
-
-    /// The output directory was looked at: done if the file is there, else on to the manifest.
-    pub(super) fn on_checked(
-        &mut self,
-        id: DownloadId,
-        result: Result<Option<(Dir, Manifest, File)>, PlaceError>,
-    ) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
-            return;
-        };
-        if !matches!(dl.phase, Phase::Checking) {
-            return;
-        }
-        match result {
-            Err(error) => self.fail_download(id, error.into()),
-            Ok(Some((dir, manifest, file))) => self.on_present(id, Arc::new(manifest), &dir, file),
-            Ok(None) => {
-                dl.phase = Phase::Manifest;
-                dl.last_progress = Instant::now();
-                self.request_manifest(id);
-            }
-        }
-    }
-
-    /// Adds providers not known yet; ready ones start receiving requests at once.
-    ///
-    /// A provider dropped earlier for a lost connection or timeouts is re-admitted when the
-    /// tracker lists it again (it may have come back); one that sent bad data never is. When the
-    /// download had no usable provider, new ones from the tracker restart the `provider_wait`
-    /// clock; peers that merely asked us for the file do not (they could keep a stalled
-    /// download alive forever).
-    fn add_providers(
-        &mut self,
-        id: DownloadId,
-        providers: Vec<tracker::Provider>,
-        from_tracker: bool,
-    ) {
-        let local = *self.swarm.local_peer_id();
-        let Some(dl) = self.downloads.get_mut(&id) else {
-            return;
-        };
-        let had_active = dl.providers.active() > 0;
-        let mut added = Vec::new();
-        let mut new = 0;
-        for provider in providers.into_iter().filter(|p| p.peer != local) {
-            for addr in crate::paths::prefer_tcp(provider.addrs) {
-                self.swarm.add_peer_address(provider.peer, addr);
-            }
-            match dl
-                .providers
-                .admit(provider.peer, provider.complete, from_tracker)
-            {
-                Admitted::New => new += 1,
-                Admitted::Readmitted => {}
-                Admitted::Unchanged => continue,
-            }
-            added.push(provider.peer);
-        }
-        // Only a provider never seen before restarts the clock: one dropped and listed again
-        // (say, unreachable through a failed hole punch) must not keep a download waiting
-        // forever.
-        if new > 0 && from_tracker && !had_active {
-            dl.last_progress = Instant::now();
-        }
-        if !added.is_empty() {
-            debug!(file = ?dl.file, added = added.len(), active = dl.providers.active(), "providers joined");
-        }
-        for peer in added {
-            self.init_provider(id, peer);
-        }
-        self.request_manifest(id);
-        self.schedule(id);
-    }
-
-    /// A peer asked us for a file we are downloading: it is downloading it too, so it may have
-    /// pieces we lack. It joins as a partial provider.
-    pub(crate) fn on_interested_peer(&mut self, peer: PeerId, file: FileId) {
-        let id = self
-            .downloads
-            .iter()
-            .find(|(_, d)| d.file == Some(file) && !d.providers.contains(&peer))
-            .map(|(id, _)| *id);
-        if let Some(id) = id {
-            self.add_providers(
-                id,
-                vec![tracker::Provider {
-                    peer,
-                    addrs: Vec::new(),
-                    complete: false,
-                }],
-                false,
-            );
-        }
-    }
-
-    /// Gives a provider its bitfield: full for a complete one, asked for otherwise.
-    fn init_provider(&mut self, id: DownloadId, peer: PeerId) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
-            return;
-        };
-        let Phase::Transfer {
-            manifest, picker, ..
-        } = &mut dl.phase
-        else {
-            return;
-        };
-        let Some(p) = dl.providers.get(&peer) else {
-            return;
-        };
-        if p.dropped || p.have.is_some() {
-            return;
-        }
-        if p.complete {
-            dl.providers
-                .set_have(&peer, Bitfield::full(manifest.lengths()), picker);
-        } else {
-            self.request_have(id, peer);
-        }
-    }
-
-    fn request_have(&mut self, id: DownloadId, peer: PeerId) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
-            return;
-        };
-        let (Some(file), Some(p)) = (dl.file, dl.providers.get_mut(&peer)) else {
-            return;
-        };
-        if p.have_pending || p.dropped {
-            return;
-        }
-        p.have_pending = true;
-        let request_id = self
-            .swarm
-            .behaviour_mut()
-            .transfer
-            .send_request(&peer, transfer::Request::Have { id: file });
-        self.transfer_pending.insert(
-            request_id,
-            TransferRequest {
-                download: id,
-                want: Want::Have,
+        let name = dl.name_for(&record.name, &record.id);
+        cx.push(Action::Disk {
+            download: id,
+            job: DiskJob::Check {
+                dir: dl.get.dir.clone(),
+                out_dir: dl.get.out_dir.clone(),
+                name,
+                file: found.id,
+                size: found.size,
             },
-        );
+        });
+        self.add_providers(cx, id, record.providers, true);
     }
 
     /// Asks untried providers for the manifest, up to [`MANIFEST_PARALLEL`] waited for at once
     /// (a request older than [`MANIFEST_PATIENCE`] no longer counts); providers backed off after
-    /// `Busy` wait their turn. With none left it waits for new ones (or a housekeeping tick).
-    pub(super) fn request_manifest(&mut self, id: DownloadId) {
-        let now = Instant::now();
-        let Some(dl) = self.downloads.get_mut(&id) else {
+    /// `Busy` wait their turn. With none left it waits for new ones (or a tick).
+    fn request_manifest(&mut self, cx: &mut Cx<'_>, id: DownloadId) {
+        let now = cx.now;
+        let Some(dl) = self.map.get_mut(&id) else {
             return;
         };
-        let (Some(file), Phase::Manifest) = (dl.file, &dl.phase) else {
+        let Phase::Manifest { found, asks } = &mut dl.phase else {
             return;
         };
-        let waiting = dl
-            .manifest_asks
+        let waiting = asks
             .iter()
             .filter(|(_, at)| now.duration_since(*at) < MANIFEST_PATIENCE)
             .count();
@@ -520,7 +455,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         }
         // Like pieces, a manifest (32 bytes per piece) goes only over a connection that
         // carries data: a big one would exhaust a hole-punching relay's circuit.
-        let connections = &self.connections;
+        let connections = cx.connections;
         let mut unconnected = Vec::new();
         let mut chosen = None;
         for (peer, p) in dl.providers.iter_mut() {
@@ -528,7 +463,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 continue;
             }
             if connections.data_path(peer).is_some() {
-                chosen = Some((peer, p));
+                chosen = Some((*peer, p));
                 break;
             }
             if !connections.is_connected(peer) {
@@ -536,271 +471,120 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         }
         let Some((peer, state)) = chosen else {
-            for peer in unconnected {
-                self.dial_provider(peer);
-            }
+            unconnected.sort();
+            cx.out.extend(unconnected.into_iter().map(Action::Dial));
             return;
         };
         state.asked_manifest = true;
-        let peer = *peer;
-        dl.manifest_asks.push((peer, now));
-        let request_id = self
-            .swarm
-            .behaviour_mut()
-            .transfer
-            .send_request(&peer, transfer::Request::Manifest { id: file });
-        self.transfer_pending.insert(
-            request_id,
-            TransferRequest {
+        asks.push((peer, now));
+        cx.push(Action::Request {
+            peer,
+            request: transfer::Request::Manifest { id: found.id },
+            tag: TransferRequest {
                 download: id,
                 want: Want::Manifest,
             },
-        );
+        });
     }
 
-    pub(crate) fn on_transfer_response(
+    /// The answer to a transfer request this node sent.
+    pub(crate) fn on_response(
         &mut self,
+        cx: &mut Cx<'_>,
         peer: PeerId,
-        request_id: OutboundRequestId,
+        tag: TransferRequest,
         response: transfer::Response,
     ) {
-        let Some(TransferRequest { download: id, want }) =
-            self.transfer_pending.remove(&request_id)
-        else {
-            return;
-        };
+        let TransferRequest { download: id, want } = tag;
         match (want, response) {
             (Want::Manifest, transfer::Response::Manifest(wire)) => {
-                self.on_manifest(id, peer, wire)
+                self.on_manifest(cx, id, peer, wire)
             }
             (Want::Manifest, transfer::Response::Collection(bytes)) => {
-                self.on_collection(id, peer, &bytes)
+                self.on_collection(cx, id, peer, &bytes)
             }
-            (Want::Have, transfer::Response::Have(bits)) => self.on_have(id, peer, bits),
+            (Want::Have, transfer::Response::Have(bits)) => self.on_have(cx, id, peer, bits),
             (Want::Piece(piece), transfer::Response::Piece(bytes)) => {
-                self.on_piece(id, peer, piece, bytes)
+                self.on_piece(cx, id, peer, piece, bytes)
             }
             (want, transfer::Response::Error(ErrorCode::Busy)) => {
-                self.on_request_failed(id, peer, want, Failure::Busy, &"busy")
+                self.on_request_failed(cx, id, peer, want, Failure::Busy, &"busy")
             }
             (want, transfer::Response::Error(code)) => {
-                self.on_request_failed(id, peer, want, Failure::Fatal, &code)
+                self.on_request_failed(cx, id, peer, want, Failure::Fatal, &code)
             }
             (want, _) => {
-                self.on_request_failed(id, peer, want, Failure::Fatal, &"unexpected response")
+                let why = "unexpected response";
+                self.on_request_failed(cx, id, peer, want, Failure::Fatal, &why)
             }
         }
     }
 
-    pub(crate) fn on_transfer_failure(
+    /// A transfer request this node sent ended without an answer.
+    pub(crate) fn on_failure(
         &mut self,
+        cx: &mut Cx<'_>,
         peer: PeerId,
-        request_id: OutboundRequestId,
-        error: OutboundFailure,
+        tag: TransferRequest,
+        error: &OutboundFailure,
     ) {
-        let Some(TransferRequest { download: id, want }) =
-            self.transfer_pending.remove(&request_id)
-        else {
-            return;
-        };
         let failure = match error {
             OutboundFailure::Timeout => Failure::Timeout,
-            OutboundFailure::ConnectionClosed if self.connections.data_path(&peer).is_some() => {
+            OutboundFailure::ConnectionClosed if cx.connections.data_path(&peer).is_some() => {
                 Failure::Retry
             }
             _ => Failure::Fatal,
         };
-        self.on_request_failed(id, peer, want, failure, &error);
+        self.on_request_failed(cx, tag.download, peer, tag.want, failure, error);
     }
 
     fn on_request_failed(
         &mut self,
+        cx: &mut Cx<'_>,
         id: DownloadId,
         peer: PeerId,
         want: Want,
         failure: Failure,
         why: &dyn std::fmt::Display,
     ) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
+        let Some(dl) = self.map.get_mut(&id) else {
             return;
         };
-        let picker = match &mut dl.phase {
-            Phase::Transfer { picker, .. } => Some(picker),
-            _ => None,
-        };
-        let (piece, manifest) = match want {
+        let piece = match want {
             Want::Manifest => {
-                dl.manifest_asks.retain(|(p, _)| *p != peer);
-                (None, true)
+                if let Phase::Manifest { asks, .. } = &mut dl.phase {
+                    asks.retain(|(p, _)| *p != peer);
+                }
+                None
             }
             Want::Have => {
                 if let Some(p) = dl.providers.get_mut(&peer) {
                     p.have_pending = false;
                 }
-                (None, false)
+                None
             }
-            Want::Piece(piece) => (Some(piece), false),
+            Want::Piece(piece) => Some(piece),
         };
+        let manifest = want == Want::Manifest;
+        let picker = dl.phase.picker();
         if dl
             .providers
             .on_failure(&peer, piece, manifest, failure, picker)
         {
-            self.drop_provider(id, peer, false, why);
+            self.drop_provider(cx, id, peer, false, why);
         }
-        self.request_manifest(id);
-        self.schedule(id);
-    }
-
-    /// Downloads that count `peer` as a (not dropped) provider.
-    fn downloads_using(&self, peer: PeerId) -> Vec<DownloadId> {
-        self.downloads
-            .iter()
-            .filter(|(_, d)| d.providers.uses(&peer))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// `peer` may now carry pieces (connected, or its hole was punched): ask it for the
-    /// manifest if one is wanted, and fill its windows.
-    pub(crate) fn on_peer_ready(&mut self, peer: PeerId) {
-        let ids = self.downloads_using(peer);
-        for id in ids {
-            self.request_manifest(id);
-            self.schedule(id);
-        }
-    }
-
-    /// Dials a provider that is not connected (a no-op while a dial to it is under way).
-    pub(crate) fn dial_provider(&mut self, peer: PeerId) {
-        let opts = DialOpts::peer_id(peer)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        match self.swarm.dial(opts) {
-            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
-            Err(error) => self.on_provider_dial_failed(peer, &error.to_string()),
-        }
-    }
-
-    /// A dial to `peer` failed and no connection to it is left: it is dropped from every
-    /// download (a later lookup may list it again).
-    pub(crate) fn on_provider_dial_failed(&mut self, peer: PeerId, why: &str) {
-        if self.connections.is_connected(&peer) {
-            return;
-        }
-        let ids = self.downloads_using(peer);
-        let reason = format!("cannot dial: {why}");
-        for id in ids {
-            self.drop_provider(id, peer, false, &reason);
-            self.request_manifest(id);
-            self.schedule(id);
-        }
-    }
-
-    /// A provider we reach only through a relay that carries no file data could not be
-    /// reached directly (the hole punch failed or never came): it is dropped, with the reason
-    /// spelled out. A later lookup may re-admit it and try again.
-    pub(crate) fn on_hole_punch_failed(&mut self, peer: PeerId, why: &str) {
-        let Some(relay) = self.connections.only_signalling_relay(&peer) else {
-            return;
-        };
-        let limit = relay.and_then(|r| self.connections.relay_limit_of(&r));
-        let reason = match limit {
-            Some(bytes) => format!(
-                "reachable only through the tracker's relay, and hole punching failed ({why}); \
-                 the relay carries at most {bytes} bytes per circuit, too little for file data \
-                 (a tracker started with --relay-data relays it)"
-            ),
-            None => format!(
-                "reachable only through a relay that does not carry file data, and hole \
-                 punching failed ({why})"
-            ),
-        };
-        let ids = self.downloads_using(peer);
-        for id in ids {
-            self.drop_provider(id, peer, false, &reason);
-            self.schedule(id);
-        }
-        // A fresh relayed connection (after a re-lookup) gives DCUtR a fresh try.
-        for conn in self.connections.relayed(&peer) {
-            self.swarm.close_connection(conn);
-        }
-    }
-
-    /// Drops `peer` for this download (`banned`: for good): its requests' pieces go back to
-    /// the picker.
-    fn drop_provider(
-        &mut self,
-        id: DownloadId,
-        peer: PeerId,
-        banned: bool,
-        why: &dyn std::fmt::Display,
-    ) {
-        let Some(dl) = self.downloads.get_mut(&id) else {
-            return;
-        };
-        let picker = match &mut dl.phase {
-            Phase::Transfer { picker, .. } => Some(picker),
-            _ => None,
-        };
-        if !dl.providers.drop_peer(&peer, banned, picker) {
-            return;
-        }
-        warn!(%peer, file = ?dl.file, reason = %why, "provider dropped");
-        dl.last_problem = Some(format!("{peer}: {why}"));
-        if let Some(file) = dl.file {
-            self.emit(Event::ProviderDropped {
-                file,
-                peer,
-                reason: why.to_string(),
-            });
-        }
+        self.request_manifest(cx, id);
+        self.schedule(cx, id);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use bitswarm_protocols::{tracker::Provider, FileName};
-
-    use super::*;
-
-    fn record(id: FileId, name: &str) -> FileRecord {
-        FileRecord {
-            id,
-            name: FileName::new(name).unwrap(),
-            size: 10,
-            providers: vec![Provider {
-                peer: PeerId::random(),
-                addrs: Vec::new(),
-                complete: true,
-            }],
+impl DownloadState {
+    /// The name the file lands under: the one given, or the one asked for, or `network`'s
+    /// (the tracker's or the manifest's) made safe.
+    fn name_for(&self, network: &FileName, id: &FileId) -> FileName {
+        match (&self.get.name, &self.get.key) {
+            (Some(n), _) | (None, LookupKey::Name(n)) => n.clone(),
+            (None, LookupKey::Id(_)) => crate::place::safe_name(network, id),
         }
-    }
-
-    #[test]
-    fn a_lookup_by_id_ignores_records_for_other_ids() {
-        let (wanted, other) = (FileId::of(b"wanted"), FileId::of(b"other"));
-        let key = LookupKey::Id(wanted);
-        let got = choose_record(&key, vec![record(other, "x"), record(wanted, "y")]).unwrap();
-        assert_eq!(got.id, wanted);
-        assert!(matches!(
-            choose_record(&key, vec![record(other, "x")]),
-            Err(GetError::UnknownFile(_))
-        ));
-    }
-
-    #[test]
-    fn a_name_shared_by_different_files_is_ambiguous() {
-        let key = LookupKey::Name(FileName::new("a.iso").unwrap());
-        let (one, two) = (FileId::of(b"1"), FileId::of(b"2"));
-        match choose_record(&key, vec![record(one, "a.iso"), record(two, "a.iso")]) {
-            Err(GetError::Ambiguous { ids, .. }) => assert_eq!(ids.len(), 2),
-            other => panic!("{other:?}"),
-        }
-        let same = choose_record(&key, vec![record(one, "a.iso"), record(one, "a.iso")]);
-        assert_eq!(
-            same.unwrap().id,
-            one,
-            "two records of one file are not ambiguous"
-        );
     }
 }

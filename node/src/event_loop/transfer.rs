@@ -1,5 +1,6 @@
-//! Serving pieces: answers inbound transfer requests from what this node holds (the decision
-//! is [`crate::holdings::Holdings::answer`]; this file only sends it or runs the read).
+//! The transfer protocol's I/O: inbound requests answered from [`crate::holdings::Holdings`]
+//! (the decision is [`crate::holdings::Holdings::answer`]; this only sends it or runs the
+//! read), and the answers to the downloads' requests handed to [`crate::downloader::Downloads`].
 //!
 //! Piece reads run on blocking tasks (positioned reads of one piece), at most
 //! `config.max_serving_reads` at once; past that a request is answered `Busy` so a greedy peer
@@ -10,12 +11,16 @@ use std::{io, sync::Arc};
 use bitswarm_protocols::{transfer, ErrorCode, FileId, PieceIndex};
 use libp2p::{
     request_response::{self, ResponseChannel},
-    swarm::NetworkBehaviour,
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        DialError, NetworkBehaviour,
+    },
     PeerId,
 };
 use tracing::{debug, trace, warn};
 
-use crate::{event_loop::TaskOutput, holdings::Answer, store, EventLoop};
+use super::{EventLoop, TaskOutput};
+use crate::{downloader::Action, holdings::Answer, store};
 
 /// A finished piece read, ready to send.
 pub(crate) struct ReadDone {
@@ -27,7 +32,7 @@ pub(crate) struct ReadDone {
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
-    pub(crate) fn handle_transfer_event(
+    pub(super) fn handle_transfer_event(
         &mut self,
         event: request_response::Event<transfer::Request, transfer::Response>,
     ) {
@@ -39,14 +44,22 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => self.on_transfer_response(peer, request_id, response),
+                } => {
+                    if let Some(tag) = self.transfer_pending.remove(&request_id) {
+                        self.drive(|d, cx| d.on_response(cx, peer, tag, response));
+                    }
+                }
             },
             request_response::Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            } => self.on_transfer_failure(peer, request_id, error),
+            } => {
+                if let Some(tag) = self.transfer_pending.remove(&request_id) {
+                    self.drive(|d, cx| d.on_failure(cx, peer, tag, &error));
+                }
+            }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "inbound transfer request failed")
             }
@@ -79,7 +92,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let (transfer::Request::Manifest { id }
         | transfer::Request::Have { id }
         | transfer::Request::Piece { id, .. }) = request;
-        self.on_interested_peer(peer, id);
+        if !self.downloads.is_empty() {
+            self.drive(|d, cx| d.on_interested_peer(cx, peer, id));
+        }
         if let transfer::Request::Manifest { id } = request {
             debug!(%peer, file = %id, "manifest requested");
         }
@@ -108,7 +123,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         });
     }
 
-    pub(crate) fn on_piece_read(&mut self, done: ReadDone) {
+    pub(super) fn on_piece_read(&mut self, done: ReadDone) {
         self.serving_reads = self.serving_reads.saturating_sub(1);
         let ReadDone {
             channel,
@@ -126,6 +141,21 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             Err(error) => {
                 warn!(%peer, %file, %piece, %error, "cannot read a shared piece");
                 self.respond(channel, transfer::Response::Error(ErrorCode::Internal));
+            }
+        }
+    }
+
+    /// Dials a provider that is not connected (a no-op while a dial to it is under way). A dial
+    /// that cannot even start is the downloads' to hear of: returns what they decide.
+    pub(super) fn dial_provider(&mut self, peer: PeerId) -> Option<Vec<Action>> {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => None,
+            Err(error) => {
+                let why = error.to_string();
+                Some(self.decide(|d, cx| d.on_dial_failed(cx, peer, &why)))
             }
         }
     }

@@ -1,0 +1,491 @@
+//! [`EventLoop`]: the one place that touches the swarm and spawns tasks. It owns the node's
+//! pure state ([`Downloads`], [`Holdings`], [`TrackerLink`], [`NatState`], [`Connections`])
+//! and only translates: swarm events, commands and finished tasks become calls into that
+//! state, and the actions those return are executed here. One `tokio::select!` drives it.
+//!
+//! The loop never awaits disk or hashing: those run on blocking tasks in `tasks` and come back
+//! as [`TaskOutput`] messages. Its state is single-owner, so there are no locks.
+//!
+//! Files: this one holds the loop, commands and swarm-event dispatch; `tracker` the tracker
+//! link's I/O; `transfer` serving and the downloads' actions; `nat` listeners, the relay
+//! reservation, DCUtR and AutoNAT.
+
+mod nat;
+mod tracker;
+mod transfer;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fs::File,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bitswarm_protocols::{buffers::BufferPool, Manifest};
+use futures::StreamExt;
+use libp2p::{
+    core::transport::ListenerId,
+    request_response::OutboundRequestId,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    Multiaddr, Swarm,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+use tracing::{debug, info, trace, warn};
+
+pub(crate) use self::tracker::TrackerWaiter;
+use self::{tracker::DEFAULT_ANNOUNCE_INTERVAL, transfer::ReadDone};
+use crate::{
+    behaviour::{Behaviour, BehaviourEvent},
+    client::{LocalStats, SharedFile},
+    command::Command,
+    downloader::{Action, Cx, Downloads, Settings, TaskDone, TransferRequest},
+    error::{Error, ShareError},
+    holdings::Holdings,
+    nat::NatState,
+    paths::Connections,
+    store,
+    tracker_link::TrackerLink,
+    Config, Event,
+};
+
+/// How often the loop checks its deadlines (tracker dial, re-announce, stalled downloads).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Results of blocking tasks.
+pub(crate) enum TaskOutput {
+    Hashed {
+        path: PathBuf,
+        result: Result<Hashed, ShareError>,
+        reply: oneshot::Sender<Result<SharedFile, ShareError>>,
+    },
+    PieceRead(ReadDone),
+    Download(TaskDone),
+}
+
+/// What hashing a shared path produced.
+pub(crate) enum Hashed {
+    File(Manifest, File),
+    Dir(store::HashedDir),
+}
+
+/// The node's engine. Create with [`crate::new`], then spawn [`EventLoop::run`].
+pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
+    swarm: Swarm<Behaviour<E>>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event<E::ToSwarm>>,
+    config: Config,
+    tasks: JoinSet<TaskOutput>,
+    tracker_addr: Option<Multiaddr>,
+    tracker: TrackerLink<TrackerWaiter>,
+    tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
+    nat: NatState,
+    connections: Connections,
+    listen_addrs: Vec<Multiaddr>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    holdings: Holdings,
+    downloads: Downloads,
+    /// Outbound transfer requests of the downloads, by request id.
+    transfer_pending: HashMap<OutboundRequestId, TransferRequest>,
+    serving_reads: usize,
+    stats: LocalStats,
+    /// Piece buffers, shared with the transfer codec and the disk tasks.
+    pool: Arc<BufferPool>,
+}
+
+impl<E: NetworkBehaviour> EventLoop<E> {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour<E>>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event<E::ToSwarm>>,
+        config: Config,
+        pool: Arc<BufferPool>,
+        tcp_listeners: Vec<(ListenerId, Multiaddr)>,
+    ) -> Self {
+        let now = Instant::now();
+        let tracker = TrackerLink::new(config.tracker_timeout, DEFAULT_ANNOUNCE_INTERVAL);
+        let nat = NatState::new(tcp_listeners, config.quic, config.relay_reservation, now);
+        let downloads = Downloads::new(
+            Settings::new(&config),
+            *swarm.local_peer_id(),
+            rand::SeedableRng::from_entropy(),
+            Arc::clone(&pool),
+        );
+        EventLoop {
+            swarm,
+            commands,
+            events,
+            tracker_addr: config.tracker.clone(),
+            config,
+            tasks: JoinSet::new(),
+            tracker,
+            tracker_pending: HashMap::new(),
+            nat,
+            connections: Connections::default(),
+            listen_addrs: Vec::new(),
+            listen_waiters: Vec::new(),
+            holdings: Holdings::default(),
+            downloads,
+            transfer_pending: HashMap::new(),
+            serving_reads: 0,
+            stats: LocalStats::default(),
+            pool,
+        }
+    }
+
+    /// Runs the node until it is shut down: by [`crate::Client::shutdown`], by cancelling the
+    /// config's token, or by dropping every [`crate::Client`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the node without cleanup; prefer one of the ways above.
+    pub async fn run(mut self) {
+        let span = self.config.root_span.clone();
+        let _guard = span.enter();
+        let cancel = self.config.cancel.clone();
+        self.await_listeners().await;
+        if self.config.announce_presence && self.tracker_addr.is_some() {
+            self.dial_tracker();
+        }
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let shutdown_reply = loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.handle_command(command),
+                    None => break None,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(output) => self.handle_task_output(output),
+                    Err(e) => warn!(error = %e, "blocking task failed"),
+                },
+                _ = housekeeping.tick() => self.handle_housekeeping(),
+                () = cancel.cancelled() => break None,
+            }
+        };
+        self.shutdown().await;
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Fails what waits on the node and drains the blocking tasks; never sleeps.
+    async fn shutdown(&mut self) {
+        info!("node stopping");
+        self.drive(|d, cx| d.fail_all(cx, || Error::NodeStopped.into()));
+        while self.tasks.join_next().await.is_some() {}
+        info!("node stopped");
+    }
+
+    fn emit(&self, event: Event<E::ToSwarm>) {
+        if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(event) {
+            debug!(event = ?std::mem::discriminant(&ev), "event receiver is slow; event dropped");
+        }
+    }
+
+    /// Calls into the downloads with the node's facts and `now`; returns what they decided.
+    fn decide(&mut self, f: impl FnOnce(&mut Downloads, &mut Cx<'_>)) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut cx = Cx {
+            now: Instant::now(),
+            connections: &self.connections,
+            holdings: &mut self.holdings,
+            stats: &mut self.stats,
+            out: &mut out,
+        };
+        f(&mut self.downloads, &mut cx);
+        out
+    }
+
+    /// [`EventLoop::decide`], then executes the actions (and those they lead to).
+    fn drive(&mut self, f: impl FnOnce(&mut Downloads, &mut Cx<'_>)) {
+        let mut queue = std::collections::VecDeque::from(self.decide(f));
+        while let Some(action) = queue.pop_front() {
+            if let Some(more) = self.execute(action) {
+                queue.extend(more);
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Share { path, reply } => {
+                let p = path.clone();
+                self.tasks.spawn_blocking(move || {
+                    let result = if p.is_dir() {
+                        store::hash_dir(&p).map(Hashed::Dir)
+                    } else {
+                        store::hash_file(&p).map(|(m, f)| Hashed::File(m, f))
+                    };
+                    TaskOutput::Hashed {
+                        path: p,
+                        result,
+                        reply,
+                    }
+                });
+                debug!(path = %path.display(), "hashing");
+            }
+            Command::Get {
+                get,
+                progress,
+                reply,
+            } => self.drive(|d, cx| {
+                d.start(cx, get, progress, reply);
+            }),
+            Command::Lookup { key, reply } => {
+                let request = bitswarm_protocols::tracker::Request::Lookup {
+                    key,
+                    limit: u32::MAX,
+                };
+                self.tracker_request(request, TrackerWaiter::Lookup(reply));
+            }
+            Command::Search { query, reply } => {
+                let request = bitswarm_protocols::tracker::Request::Search {
+                    query,
+                    limit: u32::MAX,
+                };
+                self.tracker_request(request, TrackerWaiter::Search(reply));
+            }
+            Command::Stats { reply } => self.tracker_request(
+                bitswarm_protocols::tracker::Request::Stats,
+                TrackerWaiter::Stats(reply),
+            ),
+            Command::ListenAddrs { reply } => {
+                if self.listen_addrs.is_empty() && !self.config.listen_addrs.is_empty() {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Command::LocalStats { reply } => {
+                let _ = reply.send(self.stats);
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn handle_task_output(&mut self, output: TaskOutput) {
+        match output {
+            TaskOutput::Hashed {
+                path,
+                result,
+                reply,
+            } => {
+                let answer = result.map(|hashed| match hashed {
+                    Hashed::File(manifest, file) => self.hold_shared(manifest, file),
+                    Hashed::Dir(store::HashedDir {
+                        collection,
+                        files,
+                        skipped,
+                    }) => {
+                        for (manifest, file) in files {
+                            self.hold_shared(manifest, file);
+                        }
+                        let shared = SharedFile {
+                            id: collection.id(),
+                            name: collection.name().clone(),
+                            size: collection.total_size(),
+                            skipped,
+                        };
+                        info!(collection = %shared.id, name = %shared.name, files = collection.entries().len(), path = %path.display(), "sharing directory");
+                        self.holdings.add_collection(
+                            shared.id,
+                            shared.name.clone(),
+                            shared.size,
+                            collection.encode(),
+                        );
+                        self.emit(Event::Shared {
+                            file: shared.clone(),
+                        });
+                        shared
+                    }
+                });
+                match answer {
+                    // Answered once the tracker has the announce, so a get right after a
+                    // share finds the file.
+                    Ok(shared) if self.tracker_addr.is_some() => {
+                        self.announce_then(Some((shared, reply)))
+                    }
+                    answer => drop(reply.send(answer)),
+                }
+            }
+            TaskOutput::PieceRead(done) => self.on_piece_read(done),
+            TaskOutput::Download(done) => self.drive(|d, cx| d.on_task(cx, done)),
+        }
+    }
+
+    fn hold_shared(&mut self, manifest: Manifest, file: File) -> SharedFile {
+        let shared = SharedFile {
+            id: manifest.id(),
+            name: manifest.name().clone(),
+            size: manifest.lengths().size(),
+            skipped: 0,
+        };
+        info!(file = %shared.id, name = %shared.name, size = shared.size, "sharing");
+        self.holdings
+            .hold_complete(Arc::new(manifest), Arc::new(file));
+        self.emit(Event::Shared {
+            file: shared.clone(),
+        });
+        shared
+    }
+
+    fn handle_housekeeping(&mut self) {
+        let tick = self.tracker.tick(Instant::now());
+        if tick.dial_timed_out {
+            self.tracker_dial_failed("no answer within the tracker timeout".to_owned());
+        }
+        if tick.announce_due {
+            self.announce();
+        }
+        self.ensure_reservation();
+        self.drive(|d, cx| d.tick(cx));
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.handle_transfer_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Tracker(ev)) => self.handle_tracker_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Extension(ev)) => self.emit(Event::Extension(ev)),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
+                trace!(peer = %ev.peer, result = ?ev.result, "ping")
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => trace!(?ev, "identify"),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => {
+                self.on_relay_client_event(ev)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => self.on_dcutr_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(ev)) => self.on_autonat_event(ev),
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
+                info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address.clone());
+                }
+                for waiter in self.listen_waiters.drain(..) {
+                    let _ = waiter.send(self.listen_addrs.clone());
+                }
+                self.on_listener_up(listener_id, &address);
+                self.emit(Event::Listening { addr: address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                let reason: &dyn std::fmt::Display = match &reason {
+                    Ok(()) => &"closed",
+                    Err(e) => e,
+                };
+                self.nat
+                    .on_listener_closed(listener_id, reason, Instant::now());
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(?listener_id, %error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address();
+                debug!(peer = %peer_id, addr = %remote, "connected");
+                self.on_tracker_connected(peer_id, connection_id, remote);
+                self.on_connection_established(peer_id, connection_id, &endpoint);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                num_established,
+                ..
+            } => {
+                debug!(peer = %peer_id, ?cause, num_established, "connection closed");
+                self.connections.closed(peer_id, connection_id);
+                if num_established == 0 && self.tracker.connected() == Some(peer_id) {
+                    self.on_tracker_lost();
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+                if self.tracker.is_dial(connection_id) {
+                    self.tracker_dial_failed(tracker::dial_error_summary(&error));
+                } else if let Some(peer) = peer_id {
+                    let why = tracker::dial_error_summary(&error);
+                    self.drive(|d, cx| d.on_dial_failed(cx, peer, &why));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A node event of the core (which has no extension) as an event of this node.
+fn widen<X>(event: Event<Infallible>) -> Event<X> {
+    match event {
+        Event::Listening { addr } => Event::Listening { addr },
+        Event::TrackerConnected { peer } => Event::TrackerConnected { peer },
+        Event::Shared { file } => Event::Shared { file },
+        Event::ProviderDropped { file, peer, reason } => {
+            Event::ProviderDropped { file, peer, reason }
+        }
+        Event::Downloaded { file, path } => Event::Downloaded { file, path },
+        Event::Extension(never) => match never {},
+    }
+}
+
+impl<E: NetworkBehaviour> EventLoop<E> {
+    /// Executes one action of the downloads; returns the actions a synchronous failure leads
+    /// to (a dial that cannot even start).
+    fn execute(&mut self, action: Action) -> Option<Vec<Action>> {
+        match action {
+            Action::Request { peer, request, tag } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .transfer
+                    .send_request(&peer, request);
+                self.transfer_pending.insert(id, tag);
+            }
+            Action::Lookup { download, key } => {
+                let request = bitswarm_protocols::tracker::Request::Lookup {
+                    key,
+                    limit: crate::downloader::LOOKUP_LIMIT,
+                };
+                self.tracker_request(request, TrackerWaiter::Download(download));
+            }
+            Action::Unannounce(id) => self.tracker_request(
+                bitswarm_protocols::tracker::Request::Unannounce { id },
+                TrackerWaiter::Unannounce,
+            ),
+            Action::Announce => self.announce(),
+            Action::AddAddress { peer, addr } => self.swarm.add_peer_address(peer, addr),
+            Action::Dial(peer) => return self.dial_provider(peer),
+            Action::Close(connection) => {
+                self.swarm.close_connection(connection);
+            }
+            Action::Disk { download, job } => {
+                let pool = Arc::clone(&self.pool);
+                self.tasks
+                    .spawn_blocking(move || TaskOutput::Download(job.run(download, &pool)));
+            }
+            Action::Emit(event) => self.emit(widen(event)),
+        }
+        None
+    }
+}
