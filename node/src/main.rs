@@ -9,12 +9,12 @@ use std::{
 
 use anyhow::{bail, Context};
 use bitswarm_node::{identity, shown, Client, Config, Downloaded, GetRequest};
+use bitswarm_protocols::cli::{ctrl_c, init_tracing};
 use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName, RelPath};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Tracker used when none is given (the tracker's default port on this machine).
 const DEFAULT_TRACKER: &str = "127.0.0.1:7000";
@@ -122,7 +122,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.verbose);
+    // Quiet by default: the user reads results, not logs.
+    init_tracing(&["error", "info", "debug", "trace"], cli.global.verbose);
     // One node is one event loop; disk work and hashing run on the blocking pool. A
     // single-threaded scheduler saves the cross-thread wakeups of a work-stealing one: about
     // 10% fewer CPU-seconds per GiB in the 1 -> 8 benchmark (see README).
@@ -143,15 +144,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(verbose: u8) {
-    let level = ["error", "info", "debug", "trace"][usize::from(verbose.min(3))];
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn addr(arg: Option<&str>, default: &str) -> anyhow::Result<Multiaddr> {
@@ -202,16 +194,6 @@ async fn start(
     let (client, _events, event_loop) = bitswarm_node::new(config)?;
     let task = tokio::spawn(event_loop.run());
     Ok((client, cancel, task, slot))
-}
-
-/// Resolves on the first Ctrl-C; a second one exits the process at once.
-async fn ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("interrupted twice: exiting now");
-        std::process::exit(130);
-    });
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

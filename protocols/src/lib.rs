@@ -14,6 +14,8 @@
 
 mod addr;
 pub mod buffers;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
 pub mod collection;
 mod error;

@@ -11,12 +11,12 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use bitswarm_protocols::cli::{ctrl_c, init_tracing};
 use bitswarm_protocols::parse_addr;
 use bitswarm_tracker::{config, Config, RelayLimits, Tracker};
 use clap::{ArgAction, Parser};
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// The command line, as parsed.
 #[derive(Debug, Parser)]
@@ -97,7 +97,7 @@ fn chain(err: &anyhow::Error) -> String {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.verbose);
+    init_tracing(&LOG_LEVELS, args.verbose);
     let config = config_from(&args)?;
 
     let tracker = Tracker::bind(config)
@@ -183,27 +183,15 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
 
 /// The first Ctrl-C cancels `shutdown`; the second exits at once.
 async fn stop_on_ctrl_c(shutdown: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    ctrl_c().await;
     eprintln!("stopping (Ctrl-C again to force)");
     shutdown.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
-        std::process::exit(130);
-    }
 }
 
-/// Logs to stderr: `RUST_LOG` when set, otherwise warn, raised by each `-v`.
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "info,bitswarm_tracker=debug,bitswarm_protocols=debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .init();
-}
+/// Log levels by `-v` count: `RUST_LOG` overrides.
+const LOG_LEVELS: [&str; 4] = [
+    "warn",
+    "info",
+    "info,bitswarm_tracker=debug,bitswarm_protocols=debug",
+    "trace",
+];
