@@ -464,7 +464,7 @@ impl Client {
     /// Hashes the file at `path` (on a blocking task), serves it and announces it to the tracker.
     ///
     /// # Errors
-    /// [`ShareError`] when the file cannot be read or shared; [`Error::NodeStopped`].
+    /// [`ShareError`](crate::ShareError) when the file cannot be read or shared; [`Error::NodeStopped`].
     pub async fn share(&self, path: impl Into<PathBuf>) -> Result<SharedFile> {
         let path = path.into();
         Ok(self.call(|reply| Command::Share { path, reply }).await??)

@@ -4,10 +4,14 @@
 //! # Layout
 //! - [`new`] / [`new_with_extension`] build a node from a [`Config`] and return a [`Client`]
 //!   (the cloneable handle), a receiver of [`Event`]s, and the [`EventLoop`] to spawn.
-//! - `event_loop`: the single task that owns the swarm and all state; `serve` answers other
-//!   peers' piece requests; `downloader` runs downloads; `store` (hashing, pieces) and `place`
-//!   (where a download lands: temporary files, locks, the final rename) hold every disk
-//!   operation (run on blocking tasks).
+//! - `event_loop`: the single task that owns the swarm, the only code that touches it or spawns
+//!   tasks; it translates swarm events, commands and finished tasks into calls on the pure core
+//!   and executes the actions that come back.
+//! - The pure core (no swarm, no clock, no I/O): `downloader` (downloads, providers, the piece
+//!   picker), `holdings` (what this node serves and the answer to a request), `tracker_link`,
+//!   `nat`, `paths` (each peer's connections) and `backoff`. `store` (hashing, pieces) and `place`
+//!   (where a download lands: temporary files, locks, the final rename) hold every disk operation
+//!   and run on blocking tasks.
 //! - [`Behaviour`]: ping, identify, tracker client, transfer, and an `extension` slot for a
 //!   behaviour of your own.
 //! - [`identity`]: key files that two nodes on one machine never share.

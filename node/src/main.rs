@@ -78,7 +78,7 @@ enum Cmd {
         /// Listen address (the prototype's positional form).
         #[arg(id = "listen_pos", value_name = "LISTEN")]
         listen: Option<String>,
-        /// Directory to write into (a shared directory lands in DIR/<its name>/).
+        /// Directory to write into (a shared directory lands in DIR/NAME/, NAME being its name).
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
         /// For a shared directory: get only this file of it (its path inside the directory).
