@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bitswarm_protocols::buffers::BufferPool;
 use bitswarm_protocols::{
-    tracker_codec, TrackerCodec, TransferCodec, TRACKER_PROTOCOL, TRANSFER_PROTOCOL,
+    limits, tracker_codec, TrackerCodec, TransferCodec, TRACKER_PROTOCOL, TRANSFER_PROTOCOL,
 };
 use libp2p::{
     autonat, dcutr, identify, identity::Keypair, ping, relay, request_response,
@@ -31,6 +31,9 @@ const AUTONAT_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`crate::Event::Extension`].
 #[derive(NetworkBehaviour)]
 pub struct Behaviour<E: NetworkBehaviour> {
+    /// Connection limits: total, per peer, per IP, pending inbound, memory. First, so a
+    /// refused connection costs the other behaviours nothing.
+    pub limits: limits::Behaviour,
     /// Liveness of every connection.
     pub ping: ping::Behaviour,
     /// Exchanges listen and observed addresses.
@@ -71,6 +74,7 @@ impl<E: NetworkBehaviour> Behaviour<E> {
                 .with_max_concurrent_streams(config.max_streams),
         );
         Behaviour {
+            limits: limits::Behaviour::new(config.connection_limits),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_PROTOCOL.to_owned(),

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use bitswarm_protocols::limits::ConnectionLimits;
 use libp2p::{identity::Keypair, Multiaddr};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,10 @@ pub const DEFAULT_TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Disk reads serving pieces at once; more requests get [`bitswarm_protocols::ErrorCode::Busy`].
 pub const DEFAULT_MAX_SERVING_READS: usize = 32;
+/// Piece bytes this node may hold for responses admitted and not yet sent, over all peers.
+pub const DEFAULT_MAX_SERVING_BYTES: u64 = 64 * 1024 * 1024;
+/// Piece responses one peer may have admitted and not yet sent; more are answered `Busy`.
+pub const DEFAULT_MAX_SERVING_PER_PEER: usize = 16;
 /// Streams per connection (inbound + outbound) the transfer protocol accepts.
 pub const DEFAULT_MAX_STREAMS: usize = 128;
 /// Timed-out requests after which a provider is dropped for a file.
@@ -55,6 +60,13 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Concurrent piece reads when serving.
     pub max_serving_reads: usize,
+    /// Piece bytes held for responses admitted and not yet sent (a peer that does not read
+    /// holds them until the request timeout, then is disconnected).
+    pub max_serving_bytes: u64,
+    /// Piece responses one peer may have admitted and not yet sent.
+    pub max_serving_per_peer: usize,
+    /// Connection limits (defaults: [`ConnectionLimits::node`]).
+    pub connection_limits: ConnectionLimits,
     /// Concurrent streams per connection.
     pub max_streams: usize,
     /// Timeouts after which a provider is dropped for a file.
@@ -94,6 +106,9 @@ impl Default for Config {
             tracker_timeout: DEFAULT_TRACKER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_serving_reads: DEFAULT_MAX_SERVING_READS,
+            max_serving_bytes: DEFAULT_MAX_SERVING_BYTES,
+            max_serving_per_peer: DEFAULT_MAX_SERVING_PER_PEER,
+            connection_limits: ConnectionLimits::node(),
             max_streams: DEFAULT_MAX_STREAMS,
             max_provider_failures: DEFAULT_MAX_PROVIDER_FAILURES,
             max_window: DEFAULT_MAX_WINDOW,

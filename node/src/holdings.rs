@@ -185,15 +185,10 @@ impl Holdings {
         collections.chain(files).collect()
     }
 
-    /// The answer to `request`, with `reads` piece reads running and at most `max_reads`
-    /// allowed: unknown files and pieces not held yet are `NotFound`, an index past the end is
-    /// `BadRequest`, a read past the cap is `Busy`.
-    pub(crate) fn answer(
-        &self,
-        request: &transfer::Request,
-        reads: usize,
-        max_reads: usize,
-    ) -> Answer {
+    /// The answer to `request`: unknown files and pieces not held yet are `NotFound`, an index
+    /// past the end is `BadRequest`, a held piece is to be read (if [`crate::serving::Serving`]
+    /// admits it; else `Busy`).
+    pub(crate) fn answer(&self, request: &transfer::Request) -> Answer {
         use transfer::Response;
         let not_found = Answer::Respond(Response::Error(ErrorCode::NotFound));
         match *request {
@@ -215,7 +210,7 @@ impl Holdings {
                 }
                 None => not_found,
             },
-            transfer::Request::Piece { id, index } => {
+            transfer::Request::Piece { id, index, .. } => {
                 let Some(held) = self.files.get(&id) else {
                     return not_found;
                 };
@@ -229,9 +224,6 @@ impl Holdings {
                     .is_some_and(|(_, have)| !have.has(piece))
                 {
                     return not_found;
-                }
-                if reads >= max_reads {
-                    return Answer::Respond(Response::Error(ErrorCode::Busy));
                 }
                 Answer::Read {
                     file: Arc::clone(&held.file),
@@ -282,38 +274,45 @@ mod tests {
         let dl = DownloadId::for_test(1);
         let mut h = Holdings::default();
         h.hold_partial(Arc::clone(&m), file(), dl, Bitfield::empty(m.lengths()));
-        let piece = |i| transfer::Request::Piece { id, index: i };
-        assert_eq!(code(h.answer(&piece(1), 0, 4)), Some(ErrorCode::NotFound));
+        let piece = |i| transfer::Request::Piece {
+            id,
+            index: i,
+            expect: 0,
+        };
+        assert_eq!(code(h.answer(&piece(1))), Some(ErrorCode::NotFound));
         h.verified(&id, dl, m.lengths().piece(1).unwrap());
-        assert!(matches!(h.answer(&piece(1), 0, 4), Answer::Read { .. }));
-        assert_eq!(code(h.answer(&piece(0), 0, 4)), Some(ErrorCode::NotFound));
-        assert_eq!(code(h.answer(&piece(3), 0, 4)), Some(ErrorCode::BadRequest));
-        match h.answer(&transfer::Request::Have { id }, 0, 4) {
+        assert!(matches!(h.answer(&piece(1)), Answer::Read { .. }));
+        assert_eq!(code(h.answer(&piece(0))), Some(ErrorCode::NotFound));
+        assert_eq!(code(h.answer(&piece(3))), Some(ErrorCode::BadRequest));
+        match h.answer(&transfer::Request::Have { id }) {
             Answer::Respond(transfer::Response::Have(bits)) => assert_eq!(bits, [0b0100_0000]),
             other => panic!("{other:?}"),
         }
         assert!(!h.announced()[0].complete);
         h.completed(&id, dl);
-        assert!(matches!(h.answer(&piece(0), 0, 4), Answer::Read { .. }));
+        assert!(matches!(h.answer(&piece(0)), Answer::Read { .. }));
         assert!(h.announced()[0].complete);
         assert!(!h.release(&id, dl), "a completed file is not released");
     }
 
     #[test]
-    fn reads_past_the_cap_are_busy_and_unknown_ids_not_found() {
+    fn held_pieces_are_read_and_unknown_ids_not_found() {
         let m = manifest(16384);
         let id = m.id();
         let mut h = Holdings::default();
         h.hold_complete(Arc::clone(&m), file());
-        let req = transfer::Request::Piece { id, index: 0 };
-        assert!(matches!(h.answer(&req, 3, 4), Answer::Read { .. }));
-        assert_eq!(code(h.answer(&req, 4, 4)), Some(ErrorCode::Busy));
+        let req = transfer::Request::Piece {
+            id,
+            index: 0,
+            expect: 0,
+        };
+        assert!(matches!(h.answer(&req), Answer::Read { .. }));
         let other = transfer::Request::Manifest {
             id: FileId::of(b"other"),
         };
-        assert_eq!(code(h.answer(&other, 0, 4)), Some(ErrorCode::NotFound));
+        assert_eq!(code(h.answer(&other)), Some(ErrorCode::NotFound));
         assert!(matches!(
-            h.answer(&transfer::Request::Manifest { id }, 0, 4),
+            h.answer(&transfer::Request::Manifest { id }),
             Answer::Respond(transfer::Response::Prepared(_))
         ));
     }

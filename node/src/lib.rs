@@ -48,6 +48,7 @@ pub mod identity;
 mod nat;
 mod paths;
 mod place;
+mod serving;
 mod store;
 mod swarm;
 mod tracker_link;

@@ -105,16 +105,22 @@ impl Prepared {
 
 /// The transfer protocol's codec (see the module docs for the frame layout). Piece bodies are
 /// read into buffers from its [`BufferPool`], and sent pieces go back to it.
+///
+/// request-response clones the codec for each outbound stream and uses that clone to write the
+/// request and read its answer, so the clone remembers what the request expects: a piece
+/// answer must be exactly [`transfer::Request::Piece::expect`] bytes long.
 #[derive(Debug, Clone, Default)]
 pub struct TransferCodec {
     pool: Arc<BufferPool>,
+    /// The body length the answer to the request written with this clone must have.
+    expect: Option<u32>,
 }
 
 impl TransferCodec {
     /// A codec that takes and returns piece buffers through `pool` (shared with the node that
     /// writes and reads the pieces).
     pub fn new(pool: Arc<BufferPool>) -> Self {
-        TransferCodec { pool }
+        TransferCodec { pool, expect: None }
     }
 }
 
@@ -188,6 +194,9 @@ impl request_response::Codec for TransferCodec {
         if len > max {
             return Err(invalid("response over the size limit"));
         }
+        if header[0] == TAG_PIECE && self.expect.is_some_and(|want| u64::from(want) != len) {
+            return Err(invalid("piece of the wrong length"));
+        }
         // `len` is bounded by `max` above, so this allocation is too. `read_exact` fills the
         // sized buffer; `read_to_end` would grow a full buffer (a realloc and copy of the whole
         // piece) before it sees the end. A short body is `UnexpectedEof`.
@@ -217,6 +226,10 @@ impl request_response::Codec for TransferCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        self.expect = match req {
+            transfer::Request::Piece { expect, .. } if expect > 0 => Some(expect),
+            _ => None,
+        };
         io.write_all(&encode(&req)?).await?;
         io.close().await
     }
@@ -356,6 +369,7 @@ mod tests {
         let req = transfer::Request::Piece {
             id: FileId::of(b"x"),
             index: 7,
+            expect: 0,
         };
         let back = block_on(async {
             let mut buf = Cursor::new(Vec::new());
@@ -369,5 +383,45 @@ mod tests {
         })
         .unwrap();
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn a_piece_of_another_length_than_asked_is_refused_before_it_is_read() {
+        let piece = |expect| transfer::Request::Piece {
+            id: FileId::of(b"x"),
+            index: 0,
+            expect,
+        };
+        let answer = |len: u32, body: usize| {
+            let mut frame = vec![TAG_PIECE];
+            frame.extend_from_slice(&len.to_be_bytes());
+            frame.extend(std::iter::repeat_n(7u8, body));
+            frame
+        };
+        let exchange = |req: transfer::Request, frame: Vec<u8>| {
+            block_on(async {
+                let mut codec = TransferCodec::default();
+                codec
+                    .write_request(&TRANSFER_PROTOCOL, &mut Cursor::new(Vec::new()), req)
+                    .await?;
+                codec
+                    .read_response(&TRANSFER_PROTOCOL, &mut Cursor::new(frame))
+                    .await
+            })
+        };
+        assert_eq!(
+            exchange(piece(4), answer(4, 4)).unwrap(),
+            transfer::Response::Piece(vec![7; 4])
+        );
+        // A header announcing the 16 MiB maximum for a 4-byte piece is refused on the header
+        // alone: the body is not there, and nothing of that size is allocated.
+        let err = exchange(piece(4), answer(MAX_PIECE_SIZE, 0)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(exchange(piece(4), answer(3, 3)).is_err(), "short");
+        // Without an expectation (a request that is not a piece) the limit alone applies.
+        let manifest = transfer::Request::Manifest {
+            id: FileId::of(b"x"),
+        };
+        assert!(exchange(manifest, answer(4, 4)).is_ok());
     }
 }

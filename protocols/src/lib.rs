@@ -21,6 +21,7 @@ pub mod collection;
 mod error;
 mod hash;
 pub mod keyfile;
+pub mod limits;
 mod manifest;
 pub mod relpath;
 pub mod tracker;

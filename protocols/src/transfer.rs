@@ -23,6 +23,11 @@ pub enum Request {
         id: FileId,
         /// The piece index.
         index: u32,
+        /// The piece's length by the asker's verified manifest: the answer's body must be
+        /// exactly this long, checked before anything is allocated. Local only: never sent
+        /// (it arrives as 0, which the server ignores).
+        #[serde(skip)]
+        expect: u32,
     },
 }
 

@@ -143,6 +143,7 @@ async fn oversized_and_malformed_messages_are_refused_and_everyone_else_is_still
             cbor(&transfer::Request::Piece {
                 id: shared.id,
                 index: 0,
+                expect: 0,
             })?,
         )
         .await?;
@@ -192,6 +193,7 @@ async fn oversized_and_malformed_messages_are_refused_and_everyone_else_is_still
             cbor(&transfer::Request::Piece {
                 id: shared.id,
                 index: u32::MAX,
+                expect: 0,
             })?,
         )
         .await?;

@@ -6,6 +6,7 @@
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use bitswarm_protocols::keyfile;
+pub use bitswarm_protocols::limits::ConnectionLimits;
 use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr};
 
 use crate::{Limits, Result};
@@ -105,6 +106,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Bounds on the index.
     pub limits: Limits,
+    /// Connection limits (defaults: [`ConnectionLimits::tracker`]).
+    pub connection_limits: ConnectionLimits,
     /// Also listen on QUIC, on the port of each TCP listen address.
     pub quic: bool,
     /// The tracker's public addresses. When empty, its listen addresses on a specific IP
@@ -131,6 +134,7 @@ impl Default for Config {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             limits: Limits::default(),
+            connection_limits: ConnectionLimits::tracker(),
             quic: true,
             external_addrs: Vec::new(),
             relay: RelayLimits::default(),

@@ -13,6 +13,7 @@ use std::{
 };
 
 use bitswarm_protocols::{
+    limits::{self, RefusalLog},
     quic_twin, tcp_port,
     tracker::{LookupKey, Stats},
 };
@@ -21,7 +22,7 @@ use libp2p::{
     autonat, identify,
     multiaddr::Protocol,
     noise, ping, relay,
-    swarm::{NetworkBehaviour, SwarmEvent},
+    swarm::{ListenError, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder, TransportError,
 };
 use tokio::{sync::watch, time::MissedTickBehavior};
@@ -42,6 +43,9 @@ const EXPIRY_PERIOD: (Duration, Duration) = (Duration::from_millis(50), Duration
 /// The tracker's composed behaviour; fields are roles.
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Connection limits: total, per peer, per IP, pending inbound, memory. First, so a
+    /// refused connection costs the others nothing.
+    limits: limits::Behaviour,
     tracker: crate::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
@@ -61,6 +65,8 @@ pub struct Tracker {
     stats: watch::Sender<Stats>,
     expiry_period: Duration,
     span: tracing::Span,
+    /// Addresses whose inbound connections were refused already (logged once).
+    refusals: RefusalLog,
 }
 
 impl Tracker {
@@ -157,6 +163,7 @@ impl Tracker {
             stats,
             expiry_period: (config.ttl / 4).clamp(EXPIRY_PERIOD.0, EXPIRY_PERIOD.1),
             span: config.root_span,
+            refusals: RefusalLog::default(),
         })
     }
 
@@ -242,7 +249,16 @@ impl Tracker {
                 send_back_addr,
                 error,
                 ..
-            } => debug!(addr = %send_back_addr, %error, "incoming connection failed"),
+            } => {
+                if matches!(error, ListenError::Denied { .. })
+                    && self.refusals.first(&send_back_addr)
+                {
+                    warn!(addr = %send_back_addr, %error, "inbound connection refused (further ones from this address are logged at debug)");
+                } else {
+                    debug!(addr = %send_back_addr, %error, "incoming connection failed");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             other => trace!(event = ?other, "swarm event"),
         }
     }
@@ -436,6 +452,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
         },
     );
     let behaviour = Behaviour {
+        limits: limits::Behaviour::new(config.connection_limits),
         tracker: crate::Behaviour::new(config),
         ping,
         identify,

@@ -1,10 +1,13 @@
-//! The disk work of a download, as data: the core names a [`DiskJob`]; the event loop runs it on
-//! a blocking task ([`DiskJob::run`], the only I/O in this module) and hands the [`TaskDone`]
-//! back to [`super::Downloads::on_task`].
+//! The blocking work of a download (disk, and decoding a collection of up to 8 MiB), as data:
+//! the core names a [`DiskJob`]; the event loop runs it on a blocking task ([`DiskJob::run`],
+//! the only I/O in this module) and hands the [`TaskDone`] back to
+//! [`super::Downloads::on_task`].
 
 use std::{fs::File, path::PathBuf, sync::Arc};
 
-use bitswarm_protocols::{buffers::BufferPool, FileId, FileName, Manifest, PieceIndex};
+use bitswarm_protocols::{
+    buffers::BufferPool, Collection, CollectionError, FileId, FileName, Manifest, PieceIndex,
+};
 use libp2p::PeerId;
 
 use super::DownloadId;
@@ -38,6 +41,13 @@ pub(crate) enum DiskJob {
         piece: PieceIndex,
         bytes: Vec<u8>,
     },
+    /// Check that `bytes` from `peer` hash to the collection id `id` and decode them (off the
+    /// event loop: a collection may be 8 MiB).
+    DecodeCollection {
+        peer: PeerId,
+        id: FileId,
+        bytes: Vec<u8>,
+    },
     /// Fsync the `.part` file and rename it to `name`, never over another file.
     Finish {
         dir: Dir,
@@ -53,6 +63,9 @@ impl std::fmt::Debug for DiskJob {
             DiskJob::Check { name, .. } => write!(f, "Check({name})"),
             DiskJob::Open { name, .. } => write!(f, "Open({name})"),
             DiskJob::Store { piece, peer, .. } => write!(f, "Store({piece} from {peer})"),
+            DiskJob::DecodeCollection { id, peer, .. } => {
+                write!(f, "DecodeCollection({id} from {peer})")
+            }
             DiskJob::Finish { name, .. } => write!(f, "Finish({name})"),
         }
     }
@@ -77,6 +90,11 @@ pub(crate) enum TaskDone {
     Finished {
         download: DownloadId,
         result: Result<Finished, PlaceError>,
+    },
+    CollectionDecoded {
+        download: DownloadId,
+        peer: PeerId,
+        result: Result<Collection, CollectionError>,
     },
     /// The job panicked (a bug): the download fails rather than waiting forever.
     Panicked { download: DownloadId },
@@ -142,6 +160,11 @@ impl DiskJob {
                     result,
                 }
             }
+            DiskJob::DecodeCollection { peer, id, bytes } => TaskDone::CollectionDecoded {
+                download,
+                peer,
+                result: Collection::decode(&bytes, id),
+            },
             DiskJob::Finish {
                 dir,
                 file,

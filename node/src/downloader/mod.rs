@@ -501,7 +501,7 @@ impl Downloads {
                 self.on_manifest(cx, id, peer, wire)
             }
             (Want::Manifest, transfer::Response::Collection(bytes)) => {
-                self.on_collection(cx, id, peer, &bytes)
+                self.on_collection(cx, id, peer, bytes)
             }
             (Want::Have, transfer::Response::Have(bits)) => self.on_have(cx, id, peer, bits),
             (Want::Piece(piece), transfer::Response::Piece(bytes)) => {

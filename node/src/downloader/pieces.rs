@@ -69,17 +69,39 @@ impl Downloads {
         });
     }
 
-    /// The id names a shared directory. Bytes that do not hash to the id are the provider's
-    /// lie; bytes that do but are no valid collection are the collection's own fault, and no
-    /// other provider can give different bytes for that id, so the download fails at once.
-    /// Either way no disk job is started: the caller gets the verified collection and fetches
-    /// its entries itself.
+    /// The id names a shared directory: its bytes are checked and decoded on a blocking task
+    /// ([`DiskJob::DecodeCollection`]), then [`Downloads::on_collection_decoded`].
     pub(super) fn on_collection(
         &mut self,
         cx: &mut Cx<'_>,
         id: DownloadId,
         peer: PeerId,
-        bytes: &[u8],
+        bytes: Vec<u8>,
+    ) {
+        let Some(dl) = self.map.get_mut(&id) else {
+            return;
+        };
+        let Phase::Manifest { found, .. } = &dl.phase else {
+            return;
+        };
+        let job = DiskJob::DecodeCollection {
+            peer,
+            id: found.id,
+            bytes,
+        };
+        cx.push(Action::Disk { download: id, job });
+    }
+
+    /// Bytes that do not hash to the id are the provider's lie; bytes that do but are no valid
+    /// collection are the collection's own fault, and no other provider can give different
+    /// bytes for that id, so the download fails at once. Either way no file job is started:
+    /// the caller gets the verified collection and fetches its entries itself.
+    pub(super) fn on_collection_decoded(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: DownloadId,
+        peer: PeerId,
+        result: Result<Collection, CollectionError>,
     ) {
         let Some(dl) = self.map.get_mut(&id) else {
             return;
@@ -89,7 +111,7 @@ impl Downloads {
         };
         asks.retain(|(p, _)| *p != peer);
         let file = found.id;
-        match Collection::decode(bytes, file) {
+        match result {
             Err(e @ CollectionError::IdMismatch { .. }) => {
                 self.on_request_failed(cx, id, peer, Want::Manifest, Failure::Fatal, &e)
             }
@@ -197,6 +219,11 @@ impl Downloads {
                 }
             },
             TaskDone::Finished { download, result } => self.on_finished(cx, download, result),
+            TaskDone::CollectionDecoded {
+                download,
+                peer,
+                result,
+            } => self.on_collection_decoded(cx, download, peer, result),
             TaskDone::Panicked { download } => self.fail(cx, download, GetError::TaskFailed),
         }
     }
@@ -391,6 +418,7 @@ impl Downloads {
                 request: transfer::Request::Piece {
                     id: file,
                     index: piece.get(),
+                    expect: t.manifest.lengths().piece_len(piece),
                 },
                 tag: TransferRequest {
                     download: id,

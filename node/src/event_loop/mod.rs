@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitswarm_protocols::{buffers::BufferPool, Manifest};
+use bitswarm_protocols::{buffers::BufferPool, limits::RefusalLog, Manifest};
 use futures::StreamExt;
 use libp2p::{
     core::transport::ListenerId,
@@ -48,6 +48,7 @@ use crate::{
     holdings::Holdings,
     nat::NatState,
     paths::Connections,
+    serving::{Serving, ServingLimits},
     store,
     tracker_link::TrackerLink,
     Config, Event,
@@ -91,10 +92,13 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     downloads: Downloads,
     /// Outbound transfer requests of the downloads, by request id.
     transfer_pending: HashMap<OutboundRequestId, TransferRequest>,
-    serving_reads: usize,
+    /// Piece responses admitted and not yet sent.
+    serving: Serving,
     stats: LocalStats,
     /// Piece buffers, shared with the transfer codec and the disk tasks.
     pool: Arc<BufferPool>,
+    /// Addresses whose inbound connections were refused already (logged once).
+    refusals: RefusalLog,
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
@@ -109,6 +113,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let now = Instant::now();
         let tracker = TrackerLink::new(config.tracker_timeout, DEFAULT_ANNOUNCE_INTERVAL);
         let nat = NatState::new(tcp_listeners, config.quic, config.relay_reservation, now);
+        let serving = Serving::new(ServingLimits {
+            max_reads: config.max_serving_reads,
+            max_bytes: config.max_serving_bytes,
+            max_per_peer: config.max_serving_per_peer,
+        });
         let downloads = Downloads::new(
             Settings::new(&config),
             *swarm.local_peer_id(),
@@ -131,9 +140,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             holdings: Holdings::default(),
             downloads,
             transfer_pending: HashMap::new(),
-            serving_reads: 0,
+            serving,
             stats: LocalStats::default(),
             pool,
+            refusals: RefusalLog::default(),
         }
     }
 
@@ -351,6 +361,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.handle_transfer_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Tracker(ev)) => self.handle_tracker_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Extension(ev)) => self.emit(Event::Extension(ev)),
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
                 trace!(peer = %ev.peer, result = ?ev.result, "ping")
             }
@@ -428,6 +439,17 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 } else if let Some(peer) = peer_id {
                     let why = tracker::dial_error_summary(&error);
                     self.drive(|d, cx| d.on_dial_failed(cx, peer, &why));
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                if self.refusals.first(&send_back_addr) {
+                    warn!(addr = %send_back_addr, %error, "inbound connection refused (further ones from this address are logged at debug)");
+                } else {
+                    debug!(addr = %send_back_addr, %error, "inbound connection refused");
                 }
             }
             _ => {}

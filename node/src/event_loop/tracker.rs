@@ -74,6 +74,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             return;
         };
         info!(tracker = %peer, "connected to tracker");
+        // The tracker is the node's index, relay and AutoNAT server: never limited.
+        self.swarm.behaviour_mut().limits.bypass(&peer);
         self.swarm.add_peer_address(peer, addr.clone());
         self.on_tracker_link(peer, addr);
         self.emit(Event::TrackerConnected { peer });

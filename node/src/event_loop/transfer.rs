@@ -2,15 +2,16 @@
 //! (the decision is [`crate::holdings::Holdings::answer`]; this only sends it or runs the
 //! read), and the answers to the downloads' requests handed to [`crate::downloader::Downloads`].
 //!
-//! Piece reads run on blocking tasks (positioned reads of one piece), at most
-//! `config.max_serving_reads` at once; past that a request is answered `Busy` so a greedy peer
-//! cannot queue unbounded work or memory here.
+//! Piece reads run on blocking tasks (positioned reads of one piece). What they may cost is
+//! [`crate::serving::Serving`]'s to decide: a response holds its bytes until the transport has
+//! written it, past the limits a request is answered `Busy`, and a peer whose piece response
+//! times out unread is disconnected.
 
 use std::{io, sync::Arc};
 
 use bitswarm_protocols::{transfer, ErrorCode, FileId, PieceIndex};
 use libp2p::{
-    request_response::{self, ResponseChannel},
+    request_response::{self, InboundFailure, InboundRequestId, ResponseChannel},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
         DialError, NetworkBehaviour,
@@ -24,6 +25,7 @@ use crate::{downloader::Action, holdings::Answer, store};
 
 /// A finished piece read, ready to send.
 pub(crate) struct ReadDone {
+    request: InboundRequestId,
     channel: ResponseChannel<transfer::Response>,
     peer: PeerId,
     file: FileId,
@@ -39,8 +41,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
-                } => self.on_transfer_request(peer, request, channel),
+                    request_id,
+                    request,
+                    channel,
+                } => self.on_transfer_request(peer, request_id, request, channel),
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -60,32 +64,50 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                     self.drive(|d, cx| d.on_failure(cx, peer, tag, &error));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "inbound transfer request failed")
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "inbound transfer request failed");
+                let admitted = self.serving.finished(request_id).is_some();
+                if admitted && matches!(error, InboundFailure::Timeout) {
+                    // It asked for a piece and did not read it within the request timeout:
+                    // whatever else it has open here is cut off too.
+                    warn!(%peer, "disconnecting a peer that does not read the pieces it asks for");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.serving.finished(request_id);
+            }
         }
     }
 
+    /// Sends a response; returns false when the requester went away first (no event about it
+    /// will come).
     fn respond(
         &mut self,
         channel: ResponseChannel<transfer::Response>,
         response: transfer::Response,
-    ) {
-        if self
+    ) -> bool {
+        let sent = self
             .swarm
             .behaviour_mut()
             .transfer
             .send_response(channel, response)
-            .is_err()
-        {
+            .is_ok();
+        if !sent {
             trace!("requester went away before the response");
         }
+        sent
     }
 
     fn on_transfer_request(
         &mut self,
         peer: PeerId,
+        request_id: InboundRequestId,
         request: transfer::Request,
         channel: ResponseChannel<transfer::Response>,
     ) {
@@ -98,22 +120,29 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         if let transfer::Request::Manifest { id } = request {
             debug!(%peer, file = %id, "manifest requested");
         }
-        let answer =
-            self.holdings
-                .answer(&request, self.serving_reads, self.config.max_serving_reads);
-        let (file, lengths, piece) = match answer {
-            Answer::Respond(response) => return self.respond(channel, response),
+        let (file, lengths, piece) = match self.holdings.answer(&request) {
+            Answer::Respond(response) => {
+                self.respond(channel, response);
+                return;
+            }
             Answer::Read {
                 file,
                 lengths,
                 piece,
             } => (file, lengths, piece),
         };
-        self.serving_reads += 1;
+        if !self
+            .serving
+            .admit(request_id, peer, lengths.piece_len(piece))
+        {
+            self.respond(channel, transfer::Response::Error(ErrorCode::Busy));
+            return;
+        }
         let pool = Arc::clone(&self.pool);
         self.tasks.spawn_blocking(move || {
             let result = store::read_piece(&pool, &file, &lengths, piece);
             TaskOutput::PieceRead(ReadDone {
+                request: request_id,
                 channel,
                 peer,
                 file: id,
@@ -124,24 +153,28 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     pub(super) fn on_piece_read(&mut self, done: ReadDone) {
-        self.serving_reads = self.serving_reads.saturating_sub(1);
+        self.serving.read_done();
         let ReadDone {
+            request,
             channel,
             peer,
             file,
             piece,
             result,
         } = done;
-        match result {
+        let sent = match result {
             Ok(bytes) => {
                 trace!(%peer, %file, %piece, "piece served");
                 self.stats.uploaded += bytes.len() as u64;
-                self.respond(channel, transfer::Response::Piece(bytes));
+                self.respond(channel, transfer::Response::Piece(bytes))
             }
             Err(error) => {
                 warn!(%peer, %file, %piece, %error, "cannot read a shared piece");
-                self.respond(channel, transfer::Response::Error(ErrorCode::Internal));
+                self.respond(channel, transfer::Response::Error(ErrorCode::Internal))
             }
+        };
+        if !sent {
+            self.serving.finished(request);
         }
     }
 
