@@ -50,6 +50,14 @@ impl Bitfield {
         self.bits.clone()
     }
 
+    /// Whether this holds a piece that `other` (of the same file) does not.
+    pub(crate) fn has_any_not_in(&self, other: &Bitfield) -> bool {
+        self.bits
+            .iter()
+            .zip(&other.bits)
+            .any(|(mine, theirs)| mine & !theirs != 0)
+    }
+
     /// Whether piece `p` is held.
     pub(crate) fn has(&self, p: PieceIndex) -> bool {
         let i = p.as_usize();

@@ -53,13 +53,8 @@ impl Downloads {
                     key: LookupKey::Id(file),
                 });
             }
-            let partial: Vec<PeerId> = dl
-                .providers
-                .iter()
-                .filter(|(_, p)| !p.complete && !p.dropped && !p.have_pending)
-                .map(|(peer, _)| *peer)
-                .collect();
-            let backed_off = dl.providers.clear_backoff();
+            let partial = dl.providers.have_due(now);
+            let backed_off = dl.providers.clear_backoff(now);
             if matches!(dl.phase, Phase::Manifest { .. }) {
                 // Lifted backoffs and patience run out: ask further providers.
                 self.request_manifest(cx, id);

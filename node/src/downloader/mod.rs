@@ -569,7 +569,7 @@ impl Downloads {
         let picker = dl.phase.picker();
         if dl
             .providers
-            .on_failure(&peer, piece, manifest, failure, picker)
+            .on_failure(&peer, piece, manifest, failure, picker, cx.now)
         {
             self.drop_provider(cx, id, peer, false, why);
         }

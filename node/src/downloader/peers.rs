@@ -35,7 +35,7 @@ impl Downloads {
             }
             match dl
                 .providers
-                .admit(provider.peer, provider.complete, from_tracker)
+                .admit(provider.peer, provider.complete, from_tracker, cx.now)
             {
                 Admitted::New => new += 1,
                 Admitted::Readmitted => {}
@@ -203,7 +203,7 @@ impl Downloads {
             return;
         };
         let picker = dl.phase.picker();
-        if !dl.providers.drop_peer(&peer, banned, picker) {
+        if !dl.providers.drop_peer(&peer, banned, picker, cx.now) {
             return;
         }
         let file = dl.phase.file();

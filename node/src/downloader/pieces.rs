@@ -143,7 +143,13 @@ impl Downloads {
             let why = "malformed bitfield";
             return self.on_request_failed(cx, id, peer, Want::Have, Failure::Fatal, &why);
         };
-        if dl.providers.set_have(&peer, have, &mut t.picker) {
+        let useful = have.has_any_not_in(t.picker.held());
+        let changed = dl.providers.set_have(&peer, have, &mut t.picker);
+        if dl.providers.on_have(&peer, useful, cx.now) {
+            let why = "holds nothing this download lacks";
+            return self.drop_provider(cx, id, peer, false, &why);
+        }
+        if changed {
             self.schedule(cx, id);
         }
     }
@@ -371,7 +377,7 @@ impl Downloads {
         };
         dl.providers.on_stored(&peer, piece);
         // A stored piece paces the retries of providers that answered `Busy`.
-        dl.providers.clear_backoff();
+        dl.providers.clear_backoff(cx.now);
         if t.picker.stored(piece) {
             cx.holdings.verified(&t.manifest.id(), id, piece);
             let len = u64::from(t.manifest.lengths().piece_len(piece));

@@ -548,7 +548,7 @@ fn a_provider_sending_a_bad_piece_is_banned_its_pieces_go_to_another_and_the_tra
 }
 
 #[test]
-fn a_provider_dropped_for_timeouts_is_readmitted_when_the_tracker_lists_it_again() {
+fn a_provider_dropped_for_timeouts_is_readmitted_when_the_tracker_lists_it_again_after_a_backoff() {
     let (_, m) = manifest(16);
     let [slow] = peers(1)[..] else { unreachable!() };
     let dir = tempfile::tempdir().unwrap();
@@ -565,10 +565,16 @@ fn a_provider_dropped_for_timeouts_is_readmitted_when_the_tracker_lists_it_again
         !w.d.map[&id].providers.uses(&slow),
         "three timeouts drop it"
     );
+    w.call(|d, cx| d.on_lookup(cx, id, vec![record(&m, &[slow])]));
+    assert!(
+        !w.d.map[&id].providers.uses(&slow),
+        "not at the next re-lookup"
+    );
+    w.advance(providers::MIN_READMIT);
     let actions = w.call(|d, cx| d.on_lookup(cx, id, vec![record(&m, &[slow])]));
     assert!(
         w.d.map[&id].providers.uses(&slow),
-        "listed again: re-admitted"
+        "listed again after its backoff: re-admitted"
     );
     assert!(!piece_requests(&actions).is_empty(), "and asked again");
 }

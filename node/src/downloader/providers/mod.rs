@@ -11,7 +11,19 @@
 //! - Timeouts drop a provider after `max_timeouts` in a row; a timed-out piece is not asked of the
 //!   same provider again while another can serve it (with one provider there is nobody else).
 //! - A dropped provider's requests go back to the picker. It is re-admitted when the tracker lists
-//!   it again, unless it was banned (it sent bad data).
+//!   it again, unless it was banned (it sent bad data), and not before a backoff that doubles
+//!   with each drop (5 s, 10 s, ... 5 min): a provider that keeps timing out cannot come back
+//!   every re-lookup with a fresh window. A re-admitted provider starts on probation.
+//! - `Busy` a few times in a row is ordinary load; past [`BUSY_STREAK`] in a row (with no piece
+//!   delivered in between) the backoff grows exponentially (up to 30 s) instead of ending at the
+//!   next tick.
+//! - Peers that only asked us for the file (not listed by the tracker) are admitted as partial
+//!   providers, at most [`MAX_INJECTED`] per download. A partial provider's bitfield is asked
+//!   for again on a schedule that doubles (1 s up to 30 s) while it holds nothing we lack, and
+//!   an injected one that has shown nothing useful [`USELESS_HAVES`] times is dropped.
+//! - While several providers can serve, each first gets at most its share of the in-flight cap
+//!   (`max_in_flight / providers`); only what is left over goes to those with room, so a slow
+//!   provider cannot hold the slots faster ones wait for.
 //! - A provider that has delivered nothing yet is on probation: one request in flight, and a
 //!   request it sits on for long ([`Providers::overdue`]) counts as a timeout. So peers that
 //!   accept requests and never answer cannot hold the slots of one that serves.
@@ -35,6 +47,26 @@ use crate::paths::DataPath;
 
 /// Requests a provider that has delivered nothing yet may have in flight.
 const PROBATION_WINDOW: usize = 1;
+/// Providers per download that joined only by asking us for the file.
+pub(crate) const MAX_INJECTED: usize = 16;
+/// `Busy` answers in a row after which the backoff grows exponentially.
+pub(crate) const BUSY_STREAK: u32 = 3;
+/// First exponential `Busy` backoff; doubles per further `Busy`, up to [`MAX_BUSY_BACKOFF`].
+const MIN_BUSY_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(30);
+/// Backoff before a dropped provider may be re-admitted; doubles per drop.
+pub(crate) const MIN_READMIT: Duration = Duration::from_secs(5);
+const MAX_READMIT: Duration = Duration::from_secs(300);
+/// First and longest interval between bitfield requests to a partial provider.
+pub(crate) const MIN_HAVE_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_HAVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Bitfields in a row holding nothing we lack after which an injected provider is dropped.
+pub(crate) const USELESS_HAVES: u32 = 8;
+
+/// `base` doubled `n` times, at most `max`.
+fn doubled(base: Duration, n: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << n.min(16)).min(max)
+}
 
 /// The numbers the rules use (from [`crate::Config`]).
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +127,20 @@ pub(crate) struct Provider {
     /// Since when it is connected only through a relay that carries no file data (waiting
     /// for a hole punch).
     signalling_since: Option<Instant>,
+    /// Listed by the tracker (else it only asked us for the file: injected).
+    listed: bool,
+    /// Times it was dropped; each doubles the wait before it may be re-admitted.
+    drops: u32,
+    /// Not re-admitted before this.
+    readmit_at: Option<Instant>,
+    /// `Busy` answers since its last delivered piece.
+    busy_streak: u32,
+    /// An exponential `Busy` backoff lasts until then.
+    busy_until: Option<Instant>,
+    /// Its bitfield is asked for again at this time (`None`: as soon as possible).
+    have_next: Option<Instant>,
+    /// Bitfields in a row that held nothing we lack.
+    useless_haves: u32,
 }
 
 impl Provider {
@@ -114,6 +160,13 @@ impl Provider {
             pieces: 0,
             path: None,
             signalling_since: None,
+            listed: false,
+            drops: 0,
+            readmit_at: None,
+            busy_streak: 0,
+            busy_until: None,
+            have_next: None,
+            useless_haves: 0,
         }
     }
 
@@ -197,19 +250,43 @@ impl Providers {
         self.map.get(peer).is_some_and(|p| !p.dropped)
     }
 
-    /// Adds `peer`. One dropped earlier is re-admitted afresh when the tracker lists it again
-    /// (it may have come back), unless it was banned.
-    pub(crate) fn admit(&mut self, peer: PeerId, complete: bool, from_tracker: bool) -> Admitted {
+    /// Adds `peer` at `now` (`from_tracker`: listed by the tracker; else it asked us for the
+    /// file, and is admitted only while fewer than [`MAX_INJECTED`] such are). One dropped
+    /// earlier is re-admitted afresh, on probation, when the tracker lists it again after its
+    /// backoff (it may have come back), unless it was banned.
+    pub(crate) fn admit(
+        &mut self,
+        peer: PeerId,
+        complete: bool,
+        from_tracker: bool,
+        now: Instant,
+    ) -> Admitted {
         let window = self.limits.window;
+        let injected = self
+            .map
+            .values()
+            .filter(|p| !p.listed && !p.dropped)
+            .count();
         match self.map.entry(peer) {
             Entry::Vacant(slot) => {
-                slot.insert(Provider::new(complete, window));
+                if !from_tracker && injected >= MAX_INJECTED {
+                    return Admitted::Unchanged;
+                }
+                let mut p = Provider::new(complete, window);
+                p.listed = from_tracker;
+                slot.insert(p);
                 Admitted::New
             }
             Entry::Occupied(mut slot) => {
-                let old = slot.get();
-                if from_tracker && old.dropped && !old.banned {
-                    slot.insert(Provider::new(complete, window));
+                let old = slot.get_mut();
+                old.listed |= from_tracker;
+                let due = old.readmit_at.is_none_or(|at| now >= at);
+                if from_tracker && old.dropped && !old.banned && due {
+                    let drops = old.drops;
+                    let mut p = Provider::new(complete, window);
+                    p.listed = true;
+                    p.drops = drops;
+                    slot.insert(p);
                     Admitted::Readmitted
                 } else {
                     Admitted::Unchanged
@@ -228,6 +305,7 @@ impl Providers {
         manifest: bool,
         failure: Failure,
         picker: Option<&mut PiecePicker>,
+        now: Instant,
     ) -> bool {
         let max_timeouts = self.limits.max_timeouts;
         let Some(p) = self.map.get_mut(peer) else {
@@ -256,6 +334,11 @@ impl Providers {
             Failure::Busy => {
                 p.window = (p.window - 1.0).max(1.0);
                 p.backoff = true;
+                p.busy_streak += 1;
+                if p.busy_streak > BUSY_STREAK {
+                    let n = p.busy_streak - BUSY_STREAK - 1;
+                    p.busy_until = Some(now + doubled(MIN_BUSY_BACKOFF, n, MAX_BUSY_BACKOFF));
+                }
                 false
             }
             Failure::Retry => false,
@@ -269,6 +352,7 @@ impl Providers {
         peer: &PeerId,
         banned: bool,
         picker: Option<&mut PiecePicker>,
+        now: Instant,
     ) -> bool {
         let Some(p) = self.map.get_mut(peer) else {
             return false;
@@ -278,6 +362,8 @@ impl Providers {
             return false;
         }
         p.dropped = true;
+        p.readmit_at = Some(now + doubled(MIN_READMIT, p.drops, MAX_READMIT));
+        p.drops += 1;
         if let Some(picker) = picker {
             if let Some(have) = p.have.take() {
                 picker.remove_provider(&have);
@@ -320,6 +406,8 @@ impl Providers {
             p.in_flight.remove(&piece);
             p.pieces += 1;
             p.timeouts = 0;
+            p.busy_streak = 0;
+            p.busy_until = None;
             if was_full {
                 p.window = (p.window + 1.0 / p.window).min(max_window);
             }
@@ -377,13 +465,48 @@ impl Providers {
         overdue
     }
 
-    /// Lifts every `Busy` backoff; returns whether any was set.
-    pub(crate) fn clear_backoff(&mut self) -> bool {
+    /// Lifts every `Busy` backoff that may end at `now` (not an exponential one before its
+    /// time); returns whether any was lifted.
+    pub(crate) fn clear_backoff(&mut self, now: Instant) -> bool {
         let mut any = false;
         for p in self.map.values_mut() {
-            any |= std::mem::take(&mut p.backoff);
+            if p.backoff && p.busy_until.is_none_or(|until| now >= until) {
+                p.backoff = false;
+                any = true;
+            }
         }
         any
+    }
+
+    /// Partial providers whose bitfield is due to be asked for at `now`.
+    pub(crate) fn have_due(&self, now: Instant) -> Vec<PeerId> {
+        let mut due: Vec<PeerId> = self
+            .map
+            .iter()
+            .filter(|(_, p)| !p.complete && !p.dropped && !p.have_pending)
+            .filter(|(_, p)| p.have_next.is_none_or(|at| now >= at))
+            .map(|(peer, _)| *peer)
+            .collect();
+        due.sort();
+        due
+    }
+
+    /// `peer`'s bitfield arrived at `now`: `useful` when it holds a piece we lack. Sets when to
+    /// ask again; returns true when an injected provider has shown nothing useful too often and
+    /// must be dropped.
+    pub(crate) fn on_have(&mut self, peer: &PeerId, useful: bool, now: Instant) -> bool {
+        let Some(p) = self.map.get_mut(peer) else {
+            return false;
+        };
+        p.have_pending = false;
+        if useful {
+            p.useless_haves = 0;
+        } else {
+            p.useless_haves += 1;
+        }
+        let wait = doubled(MIN_HAVE_INTERVAL, p.useless_haves, MAX_HAVE_INTERVAL);
+        p.have_next = Some(now + wait);
+        !p.listed && p.useless_haves >= USELESS_HAVES
     }
 
     /// Fills every usable provider's window from `picker`: rarest missing pieces first, then
@@ -426,13 +549,21 @@ impl Providers {
                 p.window()
             }
         };
-        // First every provider gets pieces that did not time out at it, then endgame copies;
-        // only then may a provider with room left be asked again for a piece that timed out
+        // Each provider's fair share of the cap while several can serve: the first pass fills
+        // windows only up to it, so a slow provider with a wide window cannot take the slots
+        // faster ones wait for; the next fills what is left over.
+        let share = (max_in_flight / order.len().max(1)).max(1);
+        // Then every provider gets pieces that did not time out at it, then endgame copies;
+        // only last may a provider with room left be asked again for a piece that timed out
         // there (nobody else could take it).
-        for retry_timed_out in [false, true] {
+        for (capped, retry_timed_out) in [(true, false), (false, false), (false, true)] {
             for (peer, p) in order.iter_mut() {
                 let Some(have) = &p.have else { continue };
-                let room = room_of(p)
+                let mut window = room_of(p);
+                if capped {
+                    window = window.min(share);
+                }
+                let room = window
                     .saturating_sub(p.in_flight.len())
                     .min(max_in_flight.saturating_sub(total));
                 if room == 0 || (retry_timed_out && p.timed_out.is_empty()) {
@@ -468,365 +599,4 @@ impl Providers {
 }
 
 #[cfg(test)]
-mod tests {
-    use bitswarm_protocols::Lengths;
-    use rand::{rngs::StdRng, SeedableRng};
-
-    use super::*;
-
-    const LIMITS: Limits = Limits {
-        window: 4,
-        max_window: 6,
-        max_in_flight: 8,
-        max_timeouts: 3,
-    };
-
-    struct Fixture {
-        providers: Providers,
-        picker: PiecePicker,
-        lengths: Lengths,
-        rng: StdRng,
-        now: Instant,
-    }
-
-    /// A download of `pieces` pieces with `complete` complete providers, all connected and
-    /// past probation (each has delivered a piece of an earlier run).
-    fn fixture(pieces: u32, complete: usize) -> (Fixture, Vec<PeerId>) {
-        let (mut f, peers) = fixture_unproven(pieces, complete);
-        for peer in &peers {
-            f.providers.get_mut(peer).unwrap().pieces = 1;
-        }
-        (f, peers)
-    }
-
-    /// The same with providers that have delivered nothing yet.
-    fn fixture_unproven(pieces: u32, complete: usize) -> (Fixture, Vec<PeerId>) {
-        let lengths = Lengths::new(u64::from(pieces) * 16384, 16384).unwrap();
-        let mut f = Fixture {
-            providers: Providers::new(LIMITS),
-            picker: PiecePicker::new(lengths),
-            lengths,
-            rng: StdRng::seed_from_u64(1),
-            now: Instant::now(),
-        };
-        let mut peers: Vec<PeerId> = (0..complete).map(|_| PeerId::random()).collect();
-        peers.sort();
-        for peer in &peers {
-            assert_eq!(f.providers.admit(*peer, true, true), Admitted::New);
-            f.providers
-                .set_have(peer, Bitfield::full(&lengths), &mut f.picker);
-        }
-        (f, peers)
-    }
-
-    impl Fixture {
-        fn plan(&mut self) -> Plan {
-            self.providers.plan(
-                self.now,
-                &mut self.picker,
-                |_| true,
-                |_| true,
-                &mut self.rng,
-            )
-        }
-
-        fn to(&self, plan: &Plan, peer: PeerId) -> Vec<PieceIndex> {
-            plan.requests
-                .iter()
-                .filter(|(p, _)| *p == peer)
-                .map(|(_, x)| *x)
-                .collect()
-        }
-
-        fn store(&mut self, peer: PeerId, piece: PieceIndex) {
-            self.picker.stored(piece);
-            self.providers.on_stored(&peer, piece);
-        }
-    }
-
-    #[test]
-    fn busy_backs_off_until_the_backoff_is_lifted_and_shrinks_the_window() {
-        let (mut f, peers) = fixture(20, 1);
-        let a = peers[0];
-        let first = f.plan();
-        assert_eq!(f.to(&first, a).len(), 4, "a full window");
-        let piece = first.requests[0].1;
-        let drop =
-            f.providers
-                .on_failure(&a, Some(piece), false, Failure::Busy, Some(&mut f.picker));
-        assert!(!drop, "Busy never drops");
-        assert!(f.plan().requests.is_empty(), "no request while backed off");
-        assert!(f.providers.clear_backoff());
-        let again = f.plan();
-        assert!(again.requests.is_empty(), "window shrank to 3, 3 in flight");
-        assert_eq!(f.providers.get(&a).unwrap().window(), 3);
-        assert!(!f.providers.clear_backoff(), "nothing left to lift");
-    }
-
-    #[test]
-    fn three_timeouts_in_a_row_drop_a_provider_and_each_halves_its_window() {
-        let (mut f, peers) = fixture(20, 1);
-        let a = peers[0];
-        let plan = f.plan();
-        let pieces = f.to(&plan, a);
-        let mut dropped = Vec::new();
-        for piece in &pieces[..3] {
-            dropped.push(f.providers.on_failure(
-                &a,
-                Some(*piece),
-                false,
-                Failure::Timeout,
-                Some(&mut f.picker),
-            ));
-        }
-        assert_eq!(dropped, [false, false, true]);
-        assert_eq!(f.providers.get(&a).unwrap().window(), 1, "4 -> 2 -> 1 -> 1");
-        // A delivered piece in between resets the count.
-        let (mut f, peers) = fixture(20, 1);
-        let a = peers[0];
-        let plan = f.plan();
-        let pieces = f.to(&plan, a);
-        for piece in &pieces[..2] {
-            f.providers.on_failure(
-                &a,
-                Some(*piece),
-                false,
-                Failure::Timeout,
-                Some(&mut f.picker),
-            );
-        }
-        f.store(a, pieces[2]);
-        assert!(!f.providers.on_failure(
-            &a,
-            Some(pieces[3]),
-            false,
-            Failure::Timeout,
-            Some(&mut f.picker)
-        ));
-    }
-
-    #[test]
-    fn a_timed_out_piece_goes_to_another_provider_or_back_to_the_only_one() {
-        // `a` alone first takes all three pieces and delivers two; the third times out.
-        let (mut f, peers) = fixture(3, 2);
-        let (a, b) = (peers[0], peers[1]);
-        let first = f
-            .providers
-            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
-        let mut at_a = f.to(&first, a);
-        at_a.sort();
-        assert_eq!(at_a.len(), 3);
-        f.store(a, at_a[1]);
-        f.store(a, at_a[2]);
-        f.providers.on_failure(
-            &a,
-            Some(at_a[0]),
-            false,
-            Failure::Timeout,
-            Some(&mut f.picker),
-        );
-        let retry = f.plan();
-        assert_eq!(f.to(&retry, b), [at_a[0]], "asked elsewhere");
-        assert!(
-            f.to(&retry, a).is_empty(),
-            "not of the provider it timed out at"
-        );
-
-        // One provider: nobody else to ask, so it is asked again.
-        let (mut f, peers) = fixture(1, 1);
-        let a = peers[0];
-        let piece = f.plan().requests[0].1;
-        f.providers.on_failure(
-            &a,
-            Some(piece),
-            false,
-            Failure::Timeout,
-            Some(&mut f.picker),
-        );
-        let retry = f.plan();
-        assert_eq!(f.to(&retry, a), [piece]);
-    }
-
-    #[test]
-    fn a_dropped_provider_returns_its_pieces_and_only_a_banned_one_stays_out() {
-        let (mut f, peers) = fixture(3, 2);
-        let (a, b) = (peers[0], peers[1]);
-        let plan = f
-            .providers
-            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
-        let mut at_a = f.to(&plan, a);
-        at_a.sort();
-        assert_eq!(at_a.len(), 3);
-        assert!(f.providers.drop_peer(&a, true, Some(&mut f.picker)));
-        assert!(
-            !f.providers.drop_peer(&a, false, Some(&mut f.picker)),
-            "once"
-        );
-        let next = f.plan();
-        assert_eq!(
-            {
-                let mut got = f.to(&next, b);
-                got.sort();
-                got
-            },
-            at_a,
-            "the liar's pieces went back and to the honest provider"
-        );
-        assert_eq!(
-            f.providers.admit(a, true, true),
-            Admitted::Unchanged,
-            "banned"
-        );
-        assert!(f.providers.drop_peer(&b, false, Some(&mut f.picker)));
-        assert_eq!(
-            f.providers.admit(b, true, false),
-            Admitted::Unchanged,
-            "not by a peer's word"
-        );
-        assert_eq!(f.providers.admit(b, true, true), Admitted::Readmitted);
-        assert!(f.providers.uses(&b));
-    }
-
-    #[test]
-    fn the_in_flight_cap_spreads_over_the_emptiest_windows() {
-        let (mut f, peers) = fixture(40, 3);
-        let plan = f.plan();
-        assert_eq!(
-            plan.requests.len(),
-            LIMITS.max_in_flight,
-            "capped at 8, not 3 x 4"
-        );
-        for peer in &peers {
-            assert!(f.to(&plan, *peer).len() <= LIMITS.window);
-        }
-        assert!(
-            f.plan().requests.is_empty(),
-            "nothing more while the cap is reached"
-        );
-        // One piece stored frees one slot, for the emptiest provider.
-        let (peer, piece) = plan.requests[0];
-        f.store(peer, piece);
-        assert_eq!(f.plan().requests.len(), 1);
-    }
-
-    #[test]
-    fn a_full_window_grows_by_one_per_window_of_pieces_up_to_the_limit() {
-        let (mut f, peers) = fixture(200, 1);
-        let a = peers[0];
-        let mut windows = Vec::new();
-        for _ in 0..20 {
-            // Keep the window full, deliver one piece, record the window.
-            f.plan();
-            let piece = *f.providers.get(&a).unwrap().in_flight.keys().min().unwrap();
-            f.store(a, piece);
-            windows.push(f.providers.get(&a).unwrap().window());
-        }
-        assert_eq!(windows[0], 4, "+1/4 after one piece");
-        assert_eq!(windows[3], 4);
-        assert_eq!(
-            windows[4], 5,
-            "+1 after about a window of pieces delivered while full"
-        );
-        assert_eq!(*windows.last().unwrap(), LIMITS.max_window, "capped");
-    }
-
-    #[test]
-    fn endgame_duplicates_the_last_pieces_and_the_loser_only_frees_its_slot() {
-        let (mut f, peers) = fixture(2, 2);
-        let (a, b) = (peers[0], peers[1]);
-        // Only `a` is usable at first: it gets both pieces.
-        let first = f
-            .providers
-            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
-        assert_eq!(f.to(&first, a).len(), 2);
-        // `b` joins: nothing is missing, so it gets copies of the outstanding pieces.
-        let second = f.plan();
-        let dups = f.to(&second, b);
-        assert_eq!(dups.len(), 2, "both outstanding pieces duplicated");
-        // `b` wins the first; `a`'s copy arrives later and is discarded.
-        f.store(b, dups[0]);
-        assert!(f.picker.has(dups[0]));
-        f.providers.on_discarded(&a, dups[0]);
-        assert!(!f
-            .providers
-            .get(&a)
-            .unwrap()
-            .in_flight
-            .contains_key(&dups[0]));
-        assert_eq!(
-            f.providers.get(&a).unwrap().pieces,
-            1,
-            "a loser counts nothing"
-        );
-    }
-
-    #[test]
-    fn a_provider_waiting_for_a_hole_punch_expires_after_the_wait() {
-        let (mut f, peers) = fixture(4, 2);
-        let (a, b) = (peers[0], peers[1]);
-        let t0 = Instant::now();
-        let wait = Duration::from_secs(20);
-        let only_a = |p: &PeerId| *p == a;
-        assert!(f.providers.hole_punch_expired(t0, wait, only_a).is_empty());
-        let t = |s| t0 + Duration::from_secs(s);
-        assert!(f
-            .providers
-            .hole_punch_expired(t(20), wait, only_a)
-            .is_empty());
-        assert_eq!(f.providers.hole_punch_expired(t(21), wait, only_a), [a]);
-        // A data path in between restarts the wait.
-        assert!(f
-            .providers
-            .hole_punch_expired(t(30), wait, only_a)
-            .is_empty());
-        assert!(f
-            .providers
-            .hole_punch_expired(t(31), wait, |_| false)
-            .is_empty());
-        assert!(f
-            .providers
-            .hole_punch_expired(t(50), wait, only_a)
-            .is_empty());
-        assert_eq!(f.providers.hole_punch_expired(t(71), wait, only_a), [a]);
-        let _ = b;
-    }
-
-    #[test]
-    fn a_provider_on_probation_gets_one_request_and_is_overdue_after_the_patience() {
-        let (mut f, peers) = fixture_unproven(40, 2);
-        let (a, b) = (peers[0], peers[1]);
-        let first = f.plan();
-        assert_eq!((f.to(&first, a).len(), f.to(&first, b).len()), (1, 1));
-        // `a` delivers: it gets its full window; silent `b` keeps its one request.
-        let piece = f.to(&first, a)[0];
-        f.store(a, piece);
-        let second = f.plan();
-        assert_eq!(f.to(&second, a).len(), LIMITS.window);
-        assert!(f.to(&second, b).is_empty());
-        let patience = Duration::from_secs(4);
-        assert!(f.providers.overdue(f.now + patience, patience).is_empty());
-        let late = f.now + patience + Duration::from_secs(1);
-        assert_eq!(
-            f.providers.overdue(late, patience),
-            [(b, f.to(&first, b)[0])],
-            "only the provider that has delivered nothing"
-        );
-    }
-
-    #[test]
-    fn an_unconnected_provider_is_dialed_not_asked() {
-        let (mut f, peers) = fixture(4, 2);
-        let (a, b) = (peers[0], peers[1]);
-        let plan = f
-            .providers
-            .plan(f.now, &mut f.picker, |p| *p == a, |p| *p == a, &mut f.rng);
-        assert_eq!(plan.dial, [b]);
-        assert!(f.to(&plan, b).is_empty());
-        // Connected but only through a relay that carries no data: neither asked nor dialed.
-        let plan = f
-            .providers
-            .plan(f.now, &mut f.picker, |p| *p == a, |_| true, &mut f.rng);
-        assert!(plan.dial.is_empty());
-        let _ = f.lengths;
-    }
-}
+mod tests;
