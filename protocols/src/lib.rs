@@ -19,6 +19,8 @@ pub mod cli;
 pub mod codec;
 pub mod collection;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod hash;
 pub mod keyfile;
 pub mod limits;

@@ -136,3 +136,279 @@ impl Drop for HostilePeer {
         self.task.abort();
     }
 }
+
+/// A transfer client codec that writes requests and never reads an answer: the server's
+/// response stays unread, holding whatever the server keeps for it.
+#[derive(Debug, Clone, Default)]
+struct NeverRead;
+
+impl request_response::Codec for NeverRead {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = transfer::Request;
+    type Response = ();
+
+    async fn read_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+    ) -> std::io::Result<Self::Request>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("client only"))
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<()>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        futures::future::pending().await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        request: Self::Request,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &request).map_err(std::io::Error::other)?;
+        io.write_all(&bytes).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: Self::Response,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Err(std::io::Error::other("client only"))
+    }
+}
+
+/// A swarm with a fresh identity on `listen` (TCP; dials go out from its port) running
+/// `behaviour`, with connections kept for ten minutes.
+fn swarm<B: NetworkBehaviour>(
+    listen: &str,
+    behaviour: B,
+) -> anyhow::Result<(libp2p::Swarm<B>, Multiaddr)> {
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|_| behaviour)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    let addr: Multiaddr = listen.parse()?;
+    swarm.listen_on(addr.clone())?;
+    Ok((swarm, addr))
+}
+
+/// Peers that each ask `target` for `requests` pieces of `file` (indices `0..pieces`, round
+/// robin) and never read the answers. Stopped when dropped.
+pub struct SlowReaders {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SlowReaders {
+    /// Starts `peers` such peers on 127.0.0.1.
+    pub fn start(
+        target: &Multiaddr,
+        file: bitswarm_protocols::FileId,
+        pieces: u32,
+        peers: usize,
+        requests: usize,
+    ) -> anyhow::Result<Self> {
+        let Some(libp2p::multiaddr::Protocol::P2p(target_id)) = target.iter().last() else {
+            anyhow::bail!("no /p2p in {target}")
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..peers {
+            let behaviour = request_response::Behaviour::with_codec(
+                NeverRead,
+                [(TRANSFER_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(600))
+                    .with_max_concurrent_streams(requests + 8),
+            );
+            let (mut swarm, _) = swarm("/ip4/127.0.0.1/tcp/0", behaviour)?;
+            swarm.add_peer_address(target_id, target.clone());
+            for i in 0..requests {
+                let index = (i as u32) % pieces.max(1);
+                let request = transfer::Request::Piece {
+                    id: file,
+                    index,
+                    expect: 0,
+                };
+                swarm.behaviour_mut().send_request(&target_id, request);
+            }
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            }));
+        }
+        Ok(SlowReaders { tasks })
+    }
+}
+
+impl Drop for SlowReaders {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Connections from many identities, all from one source address: each a TCP socket bound to
+/// that address, upgraded by hand with Noise (a fresh key) and yamux, then held open.
+pub struct Flood {
+    /// The upgraded connections (dropping one closes it).
+    _connections: Vec<
+        libp2p::yamux::Muxer<
+            multistream_select::Negotiated<
+                libp2p::noise::Output<multistream_select::Negotiated<FloodStream>>,
+            >,
+        >,
+    >,
+    /// Connections whose handshake completed.
+    pub upgraded: usize,
+}
+
+type FloodStream = tokio_util::compat::Compat<tokio::net::TcpStream>;
+
+impl Flood {
+    /// Opens `peers` connections to `target` (an `ip4/tcp` address) from `from_ip`.
+    pub async fn start(
+        target: &Multiaddr,
+        from_ip: std::net::Ipv4Addr,
+        peers: usize,
+    ) -> anyhow::Result<Self> {
+        use libp2p::core::upgrade::OutboundConnectionUpgrade;
+        use multistream_select::{dialer_select_proto, Version};
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let mut ip = None;
+        let mut port = None;
+        for p in target.iter() {
+            match p {
+                libp2p::multiaddr::Protocol::Ip4(a) => ip = Some(a),
+                libp2p::multiaddr::Protocol::Tcp(p) => port = Some(p),
+                _ => {}
+            }
+        }
+        let dst = std::net::SocketAddr::from((ip.context("no ip4")?, port.context("no tcp")?));
+        let mut connections = Vec::new();
+        let mut upgraded = 0;
+        for _ in 0..peers {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::from((from_ip, 0)))?;
+            let Ok(stream) = socket.connect(dst).await else {
+                continue;
+            };
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let connection = async {
+                let (noise_id, io) =
+                    dialer_select_proto(stream.compat(), ["/noise"], Version::V1).await?;
+                let (_, secure) = noise::Config::new(&key)?
+                    .upgrade_outbound(io, noise_id)
+                    .await?;
+                let (yamux_id, io) =
+                    dialer_select_proto(secure, ["/yamux/1.0.0"], Version::V1).await?;
+                let muxer = yamux::Config::default()
+                    .upgrade_outbound(io, yamux_id)
+                    .await?;
+                anyhow::Ok(muxer)
+            };
+            if let Ok(Ok(muxer)) = tokio::time::timeout(Duration::from_secs(5), connection).await {
+                upgraded += 1;
+                connections.push(muxer);
+            }
+        }
+        Ok(Flood {
+            _connections: connections,
+            upgraded,
+        })
+    }
+}
+
+/// Asks the tracker at `tracker` (with `/p2p/<id>`) who holds `file`.
+pub async fn lookup(
+    tracker: &Multiaddr,
+    file: bitswarm_protocols::FileId,
+) -> anyhow::Result<Vec<tracker::Provider>> {
+    let Some(libp2p::multiaddr::Protocol::P2p(tracker_id)) = tracker.iter().last() else {
+        anyhow::bail!("no /p2p in the tracker address {tracker}")
+    };
+    let behaviour = request_response::Behaviour::with_codec(
+        tracker_codec(),
+        [(TRACKER_PROTOCOL, ProtocolSupport::Outbound)],
+        request_response::Config::default(),
+    );
+    let (mut swarm, _) = swarm("/ip4/127.0.0.1/tcp/0", behaviour)?;
+    swarm.add_peer_address(tracker_id, tracker.clone());
+    let key = tracker::LookupKey::Id(file);
+    swarm
+        .behaviour_mut()
+        .send_request(&tracker_id, tracker::Request::Lookup { key, limit: 50 });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => {
+                    let records = match response {
+                        Ok(tracker::Reply::Providers(records)) => records,
+                        other => anyhow::bail!("unexpected lookup answer {other:?}"),
+                    };
+                    return Ok(records
+                        .into_iter()
+                        .filter(|r| r.id == file)
+                        .flat_map(|r| r.providers)
+                        .collect());
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => {
+                    anyhow::bail!("lookup failed: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("no answer to the lookup")?
+}
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM` in `/proc`), in bytes.
+pub fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("no value")?
+            .parse()?;
+        Ok(kib * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Open file descriptors of a process (its sockets among them).
+pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}

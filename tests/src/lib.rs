@@ -313,17 +313,24 @@ pub const STEP: Duration = Duration::from_secs(30);
 
 /// Starts the real `bitswarm-tracker 127.0.0.1:0` and returns it with its `ip:port`.
 pub fn tracker_bin(home: &Path) -> anyhow::Result<(Proc, String)> {
+    let (proc, plain, _) = tracker_bin_full(home)?;
+    Ok((proc, plain))
+}
+
+/// [`tracker_bin`], also returning the full address it printed (with `/p2p/<id>`).
+pub fn tracker_bin_full(home: &Path) -> anyhow::Result<(Proc, String, Multiaddr)> {
     let mut cmd = Command::new(bin("bitswarm-tracker")?);
     cmd.args(["127.0.0.1:0", "--ephemeral"]);
     let mut proc = Proc::spawn(cmd, home)?;
     let line = proc.wait_line("listening on /ip4/127.0.0.1/tcp/", STEP)?;
+    let full: Multiaddr = line.trim_start_matches("listening on ").trim().parse()?;
     let port = line
         .trim_start_matches("listening on /ip4/127.0.0.1/tcp/")
         .split('/')
         .next()
         .unwrap_or_default()
         .to_owned();
-    Ok((proc, format!("127.0.0.1:{port}")))
+    Ok((proc, format!("127.0.0.1:{port}"), full))
 }
 
 /// Starts the real `bitswarm share PATH TRACKER 127.0.0.1:0` and returns it with the first

@@ -28,7 +28,7 @@ use futures::StreamExt;
 use libp2p::{
     core::transport::ListenerId,
     request_response::OutboundRequestId,
-    swarm::{NetworkBehaviour, SwarmEvent},
+    swarm::{ListenError, NetworkBehaviour, SwarmEvent},
     Multiaddr, Swarm,
 };
 use tokio::{
@@ -353,6 +353,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             self.announce();
         }
         self.ensure_reservation();
+        self.cut_off_stalled_readers();
         self.drive(|d, cx| d.tick(cx));
     }
 
@@ -446,10 +447,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 error,
                 ..
             } => {
-                if self.refusals.first(&send_back_addr) {
+                let denied = matches!(error, ListenError::Denied { .. });
+                if denied && self.refusals.first(&send_back_addr) {
                     warn!(addr = %send_back_addr, %error, "inbound connection refused (further ones from this address are logged at debug)");
                 } else {
-                    debug!(addr = %send_back_addr, %error, "inbound connection refused");
+                    debug!(addr = %send_back_addr, %error, "inbound connection failed");
                 }
             }
             _ => {}

@@ -7,7 +7,7 @@
 //! written it, past the limits a request is answered `Busy`, and a peer whose piece response
 //! times out unread is disconnected.
 
-use std::{io, sync::Arc};
+use std::{io, sync::Arc, time::Instant};
 
 use bitswarm_protocols::{transfer, ErrorCode, FileId, PieceIndex};
 use libp2p::{
@@ -21,7 +21,7 @@ use libp2p::{
 use tracing::{debug, trace, warn};
 
 use super::{EventLoop, TaskOutput};
-use crate::{downloader::Action, holdings::Answer, store};
+use crate::{downloader::Action, holdings::Answer, serving::STALL_PATIENCE, store};
 
 /// A finished piece read, ready to send.
 pub(crate) struct ReadDone {
@@ -71,7 +71,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 ..
             } => {
                 debug!(%peer, %error, "inbound transfer request failed");
-                let admitted = self.serving.finished(request_id).is_some();
+                let admitted = self.serving.finished(request_id, Instant::now()).is_some();
                 if admitted && matches!(error, InboundFailure::Timeout) {
                     // It asked for a piece and did not read it within the request timeout:
                     // whatever else it has open here is cut off too.
@@ -80,7 +80,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 }
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.serving.finished(request_id);
+                self.serving.finished(request_id, Instant::now());
             }
         }
     }
@@ -133,7 +133,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         };
         if !self
             .serving
-            .admit(request_id, peer, lengths.piece_len(piece))
+            .admit(request_id, peer, lengths.piece_len(piece), Instant::now())
         {
             self.respond(channel, transfer::Response::Error(ErrorCode::Busy));
             return;
@@ -174,7 +174,16 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
         };
         if !sent {
-            self.serving.finished(request);
+            self.serving.finished(request, Instant::now());
+        }
+    }
+
+    /// Disconnects peers that have piece responses waiting and take none of them: their
+    /// responses end with the connection, and their bytes are free for peers that read.
+    pub(super) fn cut_off_stalled_readers(&mut self) {
+        for peer in self.serving.stalled(Instant::now(), STALL_PATIENCE) {
+            warn!(%peer, "disconnecting a peer that does not read the pieces it asks for");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 

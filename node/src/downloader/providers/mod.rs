@@ -21,6 +21,8 @@
 //!   providers, at most [`MAX_INJECTED`] per download. A partial provider's bitfield is asked
 //!   for again on a schedule that doubles (1 s up to 30 s) while it holds nothing we lack, and
 //!   an injected one that has shown nothing useful [`USELESS_HAVES`] times is dropped.
+//! - Providers on probation together hold at most half the in-flight cap while a proven one can
+//!   serve, so a crowd of new peers that accept requests and never answer cannot take it all.
 //! - While several providers can serve, each first gets at most its share of the in-flight cap
 //!   (`max_in_flight / providers`); only what is left over goes to those with room, so a slow
 //!   provider cannot hold the slots faster ones wait for.
@@ -553,6 +555,17 @@ impl Providers {
         // windows only up to it, so a slow provider with a wide window cannot take the slots
         // faster ones wait for; the next fills what is left over.
         let share = (max_in_flight / order.len().max(1)).max(1);
+        let proven_can_serve = order.iter().any(|(_, p)| p.pieces > 0);
+        let probation_cap = if proven_can_serve {
+            (max_in_flight / 2).max(1)
+        } else {
+            max_in_flight
+        };
+        let mut on_probation: usize = order
+            .iter()
+            .filter(|(_, p)| p.pieces == 0)
+            .map(|(_, p)| p.in_flight.len())
+            .sum();
         // Then every provider gets pieces that did not time out at it, then endgame copies;
         // only last may a provider with room left be asked again for a piece that timed out
         // there (nobody else could take it).
@@ -563,9 +576,13 @@ impl Providers {
                 if capped {
                     window = window.min(share);
                 }
-                let room = window
+                let mut room = window
                     .saturating_sub(p.in_flight.len())
                     .min(max_in_flight.saturating_sub(total));
+                let unproven = p.pieces == 0;
+                if unproven {
+                    room = room.min(probation_cap.saturating_sub(on_probation));
+                }
                 if room == 0 || (retry_timed_out && p.timed_out.is_empty()) {
                     continue;
                 }
@@ -587,6 +604,9 @@ impl Providers {
                     picks.push(dup);
                 }
                 total += picks.len();
+                if unproven {
+                    on_probation += picks.len();
+                }
                 for piece in picks {
                     p.in_flight.insert(piece, now);
                     plan.requests.push((**peer, piece));

@@ -541,3 +541,22 @@ fn an_injected_provider_that_never_has_anything_we_lack_is_asked_less_often_then
         "useful: every second"
     );
 }
+
+#[test]
+fn a_crowd_on_probation_holds_at_most_half_the_cap_while_a_proven_provider_can_serve() {
+    let (mut f, peers) = fixture_unproven(100, 12);
+    let proven = peers[0];
+    f.providers.get_mut(&proven).unwrap().pieces = 1;
+    let plan = f.plan();
+    let to_proven = f.to(&plan, proven).len();
+    assert_eq!(plan.requests.len(), LIMITS.max_in_flight);
+    assert_eq!(
+        plan.requests.len() - to_proven,
+        LIMITS.max_in_flight / 2,
+        "the crowd holds half"
+    );
+    assert_eq!(to_proven, LIMITS.max_in_flight / 2);
+    // With nobody proven yet, the crowd may use the whole cap, one request each.
+    let (mut f, _) = fixture_unproven(100, 12);
+    assert_eq!(f.plan().requests.len(), LIMITS.max_in_flight);
+}
