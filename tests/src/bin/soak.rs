@@ -82,7 +82,10 @@ fn manifest_of(data: &[u8], name: &str) -> anyhow::Result<Manifest> {
     let mut hasher = PieceHasher::new(lengths);
     while let Some(piece) = hasher.next_piece() {
         let start = lengths.offset(piece) as usize;
-        hasher.update(piece, &data[start..start + lengths.piece_len(piece) as usize]);
+        hasher.update(
+            piece,
+            &data[start..start + lengths.piece_len(piece) as usize],
+        );
     }
     let (_, values) = hasher.finish();
     Ok(Manifest::new(FileName::new(name)?, lengths, values)?)
@@ -107,13 +110,17 @@ async fn hostile_peers(
     let manifests: Vec<(FileId, transfer::Response)> = files
         .iter()
         .map(|(id, name, data)| {
-            Ok((*id, transfer::Response::Manifest(manifest_of(data, name)?.to_wire())))
+            Ok((
+                *id,
+                transfer::Response::Manifest(manifest_of(data, name)?.to_wire()),
+            ))
         })
         .collect::<anyhow::Result<_>>()?;
     let manifest_for = move |request: &transfer::Request| match request {
-        transfer::Request::Manifest { id } => {
-            manifests.iter().find(|(m, _)| m == id).map(|(_, r)| r.clone())
-        }
+        transfer::Request::Manifest { id } => manifests
+            .iter()
+            .find(|(m, _)| m == id)
+            .map(|(_, r)| r.clone()),
         _ => None,
     };
     let liar_manifests = manifest_for.clone();
@@ -258,12 +265,9 @@ async fn main() -> anyhow::Result<()> {
                             get_secs.push(slot.started.elapsed().as_secs_f64());
                             let got = fs::read(&path).unwrap_or_default();
                             if FileId::of(&got) != *id {
-                                let wrong = got
-                                    .iter()
-                                    .zip(data.iter())
-                                    .filter(|(a, b)| a != b)
-                                    .count()
-                                    + got.len().abs_diff(data.len());
+                                let wrong =
+                                    got.iter().zip(data.iter()).filter(|(a, b)| a != b).count()
+                                        + got.len().abs_diff(data.len());
                                 corrupted_bytes += wrong as u64;
                             }
                         } else {
@@ -275,10 +279,7 @@ async fn main() -> anyhow::Result<()> {
                                 .find(|l| l.starts_with("error:"))
                                 .map(|l| {
                                     // Drop ids and numbers so equal causes count together.
-                                    l.split_whitespace()
-                                        .take(6)
-                                        .collect::<Vec<_>>()
-                                        .join(" ")
+                                    l.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
                                 })
                                 .unwrap_or_else(|| format!("exit {status}"));
                             *reasons.entry(reason).or_default() += 1;
@@ -318,8 +319,15 @@ async fn main() -> anyhow::Result<()> {
                         spawn(
                             &node_bin,
                             &[
-                                "get", &id, &tracker_plain, "127.0.0.1:0", "--ephemeral", "-o", out,
-                                "--wait", "20",
+                                "get",
+                                &id,
+                                &tracker_plain,
+                                "127.0.0.1:0",
+                                "--ephemeral",
+                                "-o",
+                                out,
+                                "--wait",
+                                "20",
                             ],
                             home,
                             slot.log.as_path(),
