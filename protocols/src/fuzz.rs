@@ -104,7 +104,7 @@ pub fn addr(data: &[u8]) {
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::{
         tracker::{self, Announce, AnnouncedFile, FileRecord, LookupKey, Provider, Reply, Stats},
-        CollectionEntry, FileName, Lengths, Manifest, PieceHasher,
+        CollectionEntry, FileName, Manifest,
     };
     let cbor = |value: &dyn erased::Cbor| value.to_cbor();
     let id = FileId::of(b"seed");
@@ -132,17 +132,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
 
     let data = vec![5u8; 3 << 20];
-    let lengths = Lengths::for_size(data.len() as u64).unwrap_or_else(|_| unreachable!());
-    let mut hasher = PieceHasher::new(lengths);
-    while let Some(piece) = hasher.next_piece() {
-        let start = lengths.offset(piece) as usize;
-        hasher.update(
-            piece,
-            &data[start..start + lengths.piece_len(piece) as usize],
-        );
-    }
-    let (_, values) = hasher.finish();
-    let manifest = Manifest::new(name.clone(), lengths, values).unwrap_or_else(|_| unreachable!());
+    let manifest = Manifest::of_bytes(name.clone(), &data).unwrap_or_else(|_| unreachable!());
     out.push(("manifest", cbor(&manifest.to_wire())));
 
     let collection = Collection::new(

@@ -105,6 +105,25 @@ impl Manifest {
         })
     }
 
+    /// The manifest of `data` held in memory, with the default piece size for its length
+    /// (tests, fuzz seeds and tools; a shared file is hashed from disk, piece by piece).
+    ///
+    /// # Errors
+    /// [`ManifestError::Invalid`] past the largest file size.
+    pub fn of_bytes(name: FileName, data: &[u8]) -> Result<Self, ManifestError> {
+        let lengths = Lengths::for_size(data.len() as u64)?;
+        let mut hasher = crate::PieceHasher::new(lengths);
+        while let Some(piece) = hasher.next_piece() {
+            let start = lengths.offset(piece) as usize;
+            hasher.update(
+                piece,
+                &data[start..start + lengths.piece_len(piece) as usize],
+            );
+        }
+        let (_, values) = hasher.finish();
+        Manifest::new(name, lengths, values)
+    }
+
     /// The file id these values merge to.
     pub fn id(&self) -> FileId {
         self.id

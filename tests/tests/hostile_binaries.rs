@@ -10,7 +10,7 @@ use std::{
 use bitswarm_node::Config;
 use bitswarm_protocols::{
     tracker::{AnnouncedFile, LookupKey},
-    transfer, FileId, FileName, Lengths, Manifest, PieceHasher,
+    transfer, FileId, FileName, Manifest,
 };
 use bitswarm_tests::{
     bin, get_cmd,
@@ -178,21 +178,10 @@ async fn a_connection_flood_from_one_address_is_bounded_logged_once_and_others_a
     .await
 }
 
-/// The wire manifest of the file at `path`, as an honest provider would send it.
+/// The manifest of the file at `path`, as an honest provider would send it.
 fn manifest_of(path: &std::path::Path) -> anyhow::Result<Manifest> {
-    let data = fs::read(path)?;
-    let lengths = Lengths::for_size(data.len() as u64)?;
-    let mut hasher = PieceHasher::new(lengths);
-    while let Some(piece) = hasher.next_piece() {
-        let start = lengths.offset(piece) as usize;
-        hasher.update(
-            piece,
-            &data[start..start + lengths.piece_len(piece) as usize],
-        );
-    }
-    let (_, values) = hasher.finish();
-    let name = FileName::new(path.file_name().and_then(|n| n.to_str()).unwrap_or("file"))?;
-    Ok(Manifest::new(name, lengths, values)?)
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    Ok(Manifest::of_bytes(FileName::new(name)?, &fs::read(path)?)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

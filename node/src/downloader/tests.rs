@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use bitswarm_protocols::{tracker::Provider, Lengths, PieceHasher, WireManifest};
+use bitswarm_protocols::{tracker::Provider, WireManifest};
 use libp2p::core::{transport::PortUse, ConnectedPoint, Endpoint};
 use rand::SeedableRng;
 use tokio::sync::oneshot::error::TryRecvError;
@@ -18,17 +18,7 @@ const PIECE: u32 = bitswarm_protocols::DEFAULT_PIECE_SIZE;
 fn manifest(pieces: u32) -> (Vec<u8>, Arc<Manifest>) {
     let size = u64::from(pieces) * u64::from(PIECE);
     let data = vec![7u8; size as usize];
-    let lengths = Lengths::for_size(size).unwrap();
-    let mut hasher = PieceHasher::new(lengths);
-    while let Some(piece) = hasher.next_piece() {
-        let start = lengths.offset(piece) as usize;
-        hasher.update(
-            piece,
-            &data[start..start + lengths.piece_len(piece) as usize],
-        );
-    }
-    let (_, values) = hasher.finish();
-    let m = Manifest::new(FileName::new("data.bin").unwrap(), lengths, values).unwrap();
+    let m = Manifest::of_bytes(FileName::new("data.bin").unwrap(), &data).unwrap();
     (data, Arc::new(m))
 }
 

@@ -21,10 +21,11 @@ use std::{
 };
 
 use anyhow::Context;
-use bitswarm_protocols::{
-    tracker::AnnouncedFile, transfer, ErrorCode, FileId, FileName, Lengths, Manifest, PieceHasher,
+use bitswarm_protocols::{tracker::AnnouncedFile, transfer, ErrorCode, FileId, FileName, Manifest};
+use bitswarm_tests::{
+    hostile::{self, HostilePeer},
+    make_file,
 };
-use bitswarm_tests::{hostile::HostilePeer, make_file};
 use clap::Parser;
 use libp2p::Multiaddr;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -70,25 +71,13 @@ enum Role {
     Getter,
 }
 
+/// Resident memory in MiB, while the process runs.
 fn rss(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    hostile::rss(pid).ok().map(|(now, _)| now >> 20)
 }
 
 fn manifest_of(data: &[u8], name: &str) -> anyhow::Result<Manifest> {
-    let lengths = Lengths::for_size(data.len() as u64)?;
-    let mut hasher = PieceHasher::new(lengths);
-    while let Some(piece) = hasher.next_piece() {
-        let start = lengths.offset(piece) as usize;
-        hasher.update(
-            piece,
-            &data[start..start + lengths.piece_len(piece) as usize],
-        );
-    }
-    let (_, values) = hasher.finish();
-    Ok(Manifest::new(FileName::new(name)?, lengths, values)?)
+    Ok(Manifest::of_bytes(FileName::new(name)?, data)?)
 }
 
 /// The three hostile peers, announcing every file.
