@@ -264,11 +264,9 @@ impl Providers {
         now: Instant,
     ) -> Admitted {
         let window = self.limits.window;
-        let injected = self
-            .map
-            .values()
-            .filter(|p| !p.listed && !p.dropped)
-            .count();
+        // Dropped ones count too: the cap bounds the map, not only the active set, so a stream of
+        // fresh identities cannot grow it.
+        let injected = self.map.values().filter(|p| !p.listed).count();
         match self.map.entry(peer) {
             Entry::Vacant(slot) => {
                 if !from_tracker && injected >= MAX_INJECTED {

@@ -401,6 +401,16 @@ fn peers_that_only_asked_us_for_the_file_are_admitted_up_to_a_cap() {
         Admitted::New,
         "the tracker's providers are not capped"
     );
+    // Dropping injected ones frees no room: the cap bounds what is remembered.
+    let first = *f
+        .providers
+        .map
+        .keys()
+        .find(|p| !f.providers.map[*p].listed)
+        .unwrap();
+    assert!(f.providers.drop_peer(&first, false, None, f.now));
+    let after_drop = f.providers.admit(PeerId::random(), false, false, f.now);
+    assert_eq!(after_drop, Admitted::Unchanged);
 }
 
 #[test]
