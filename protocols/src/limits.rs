@@ -1,8 +1,9 @@
 //! Connection limits that every bitswarm node and tracker runs: a [`Behaviour`] composing
 //! libp2p's `connection_limits` (total, per peer id, pending inbound), `memory_connection_limits`
 //! (no new connection while the process uses more than a set amount of memory) and [`PerIp`]
-//! (established inbound connections per IP address, per /64 for IPv6), so that neither many
-//! free identities nor many connections from one host can use up file descriptors or memory.
+//! (inbound connections per IP address, per /64 for IPv6, both established and still in their
+//! handshake), so that neither many free identities nor many connections from one host can use
+//! up file descriptors, memory or the pending-handshake slots.
 //!
 //! It lives here, beside the protocols, because both the node and the tracker compose it and
 //! neither depends on the other; it holds counters only, no I/O.
@@ -20,8 +21,8 @@ use libp2p::{
     memory_connection_limits,
     multiaddr::Protocol,
     swarm::{
-        dummy, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour,
-        THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        dummy, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
+        NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
     },
     Multiaddr, PeerId,
 };
@@ -43,6 +44,10 @@ pub struct ConnectionLimits {
     pub max_per_ip: u32,
     /// Inbound connections still in their handshake.
     pub max_pending_incoming: u32,
+    /// Inbound connections still in their handshake from one IPv4 address or IPv6 /64, so
+    /// that one host opening sockets and never finishing the handshake cannot hold every
+    /// pending slot (each for the 10 s handshake timeout) and lock everyone else out.
+    pub max_pending_per_ip: u32,
     /// No new connection while the process's resident memory exceeds this many bytes.
     pub max_memory_bytes: usize,
     /// Connections from this machine (`127.0.0.1`, `::1`) are not counted per IP, so local
@@ -51,27 +56,29 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// A peer node's defaults: 512 connections, 4 per peer, 16 per IP, 64 pending inbound,
-    /// 512 MiB of memory.
+    /// A peer node's defaults: 512 connections, 4 per peer, 16 per IP, 64 pending inbound
+    /// (8 per IP), 512 MiB of memory.
     pub const fn node() -> Self {
         ConnectionLimits {
             max_connections: 512,
             max_per_peer: 4,
             max_per_ip: 16,
             max_pending_incoming: 64,
+            max_pending_per_ip: 8,
             max_memory_bytes: 512 << 20,
             exempt_localhost: true,
         }
     }
 
     /// A tracker's defaults: 8192 connections, 4 per peer, 64 per IP (many users share an
-    /// address behind carrier-grade NAT), 256 pending inbound, 2 GiB of memory.
+    /// address behind carrier-grade NAT), 256 pending inbound (16 per IP), 2 GiB of memory.
     pub const fn tracker() -> Self {
         ConnectionLimits {
             max_connections: 8192,
             max_per_peer: 4,
             max_per_ip: 64,
             max_pending_incoming: 256,
+            max_pending_per_ip: 16,
             max_memory_bytes: 2 << 30,
             exempt_localhost: true,
         }
@@ -97,7 +104,8 @@ impl Behaviour {
         Behaviour {
             connections: connection_limits::Behaviour::new(connections),
             memory: memory_connection_limits::Behaviour::with_max_bytes(limits.max_memory_bytes),
-            per_ip: PerIp::new(limits.max_per_ip, limits.exempt_localhost),
+            per_ip: PerIp::new(limits.max_per_ip, limits.exempt_localhost)
+                .with_max_pending(limits.max_pending_per_ip),
         }
     }
 
@@ -155,48 +163,100 @@ impl std::fmt::Display for IpKey {
 
 /// An inbound connection was refused: too many from its address.
 #[derive(Debug, thiserror::Error)]
-#[error("too many connections from {key} (at most {max})")]
+#[error("too many {what} connections from {key} (at most {max})")]
 pub struct TooManyFromIp {
     /// The address (or /64).
     pub key: IpKey,
+    /// `"established"` or `"pending"`.
+    pub what: &'static str,
     /// The limit.
     pub max: u32,
 }
 
-/// Established inbound connections per [`IpKey`], at most `max` each.
+/// Inbound connections per [`IpKey`]: at most `max` established and `max_pending` still in
+/// their handshake, each.
 #[derive(Debug)]
 pub struct PerIp {
     max: u32,
+    max_pending: u32,
     exempt_localhost: bool,
+    established: Counts,
+    pending: Counts,
+}
+
+/// Connections by id, and how many each key has.
+#[derive(Debug, Default)]
+struct Counts {
     counts: HashMap<IpKey, u32>,
     connections: HashMap<ConnectionId, IpKey>,
 }
 
+impl Counts {
+    fn count(&self, key: &IpKey) -> u32 {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, connection: ConnectionId, key: IpKey) {
+        if self.connections.insert(connection, key).is_none() {
+            *self.counts.entry(key).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, connection: ConnectionId) {
+        let Some(key) = self.connections.remove(&connection) else {
+            return;
+        };
+        if let Some(n) = self.counts.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&key);
+            }
+        }
+    }
+}
+
 impl PerIp {
-    /// At most `max` established inbound connections per address.
+    /// At most `max` established inbound connections per address, and as many in their
+    /// handshake (see [`PerIp::with_max_pending`]).
     pub fn new(max: u32, exempt_localhost: bool) -> Self {
         PerIp {
             max,
+            max_pending: max,
             exempt_localhost,
-            counts: HashMap::new(),
-            connections: HashMap::new(),
+            established: Counts::default(),
+            pending: Counts::default(),
         }
+    }
+
+    /// At most `max` inbound connections per address still in their handshake.
+    pub fn with_max_pending(mut self, max: u32) -> Self {
+        self.max_pending = max;
+        self
     }
 
     fn key(&self, remote: &Multiaddr) -> Option<IpKey> {
         IpKey::of(remote).filter(|k| !(self.exempt_localhost && k.is_localhost()))
     }
 
-    fn check(&mut self, key: IpKey) -> Result<(), ConnectionDenied> {
-        if self.counts.get(&key).copied().unwrap_or(0) < self.max {
+    fn check(&self, key: IpKey) -> Result<(), ConnectionDenied> {
+        if self.established.count(&key) < self.max {
             return Ok(());
         }
-        Err(ConnectionDenied::new(TooManyFromIp { key, max: self.max }))
+        Err(ConnectionDenied::new(TooManyFromIp {
+            key,
+            what: "established",
+            max: self.max,
+        }))
     }
 
     /// Established inbound connections from `key`.
     pub fn count(&self, key: &IpKey) -> u32 {
-        self.counts.get(key).copied().unwrap_or(0)
+        self.established.count(key)
+    }
+
+    /// Inbound connections from `key` still in their handshake.
+    pub fn pending(&self, key: &IpKey) -> u32 {
+        self.pending.count(key)
     }
 }
 
@@ -206,14 +266,23 @@ impl NetworkBehaviour for PerIp {
 
     fn handle_pending_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        match self.key(remote) {
-            Some(key) => self.check(key),
-            None => Ok(()),
+        let Some(key) = self.key(remote) else {
+            return Ok(());
+        };
+        self.check(key)?;
+        if self.pending.count(&key) >= self.max_pending {
+            return Err(ConnectionDenied::new(TooManyFromIp {
+                key,
+                what: "pending",
+                max: self.max_pending,
+            }));
         }
+        self.pending.add(connection, key);
+        Ok(())
     }
 
     fn handle_established_inbound_connection(
@@ -223,11 +292,11 @@ impl NetworkBehaviour for PerIp {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.pending.remove(connection);
         if let Some(key) = self.key(remote) {
             // Checked again: several may have passed the pending check at once.
             self.check(key)?;
-            *self.counts.entry(key).or_default() += 1;
-            self.connections.insert(connection, key);
+            self.established.add(connection, key);
         }
         Ok(dummy::ConnectionHandler)
     }
@@ -244,18 +313,18 @@ impl NetworkBehaviour for PerIp {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        // A connection another behaviour refused after this one counted it is closed like any
-        // other, so counting here at establishment stays balanced.
-        if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event {
-            let Some(key) = self.connections.remove(&connection_id) else {
-                return;
-            };
-            if let Some(n) = self.counts.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.counts.remove(&key);
-                }
+        match event {
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+                self.established.remove(connection_id);
             }
+            // A handshake that failed or timed out, or a connection another behaviour
+            // refused (pending or just established): the swarm reports each as a listen
+            // failure and never as closed.
+            FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
+                self.pending.remove(connection_id);
+                self.established.remove(connection_id);
+            }
+            _ => {}
         }
     }
 
@@ -293,6 +362,8 @@ impl RefusalLog {
 
 #[cfg(test)]
 mod tests {
+    use libp2p::swarm::ListenError;
+
     use super::*;
 
     fn addr(s: &str) -> Multiaddr {
@@ -367,6 +438,46 @@ mod tests {
         assert!(per_ip
             .handle_pending_inbound_connection(ConnectionId::new_unchecked(10), &local, &other)
             .is_err());
+    }
+
+    #[test]
+    fn handshakes_are_counted_per_address_until_they_finish_or_fail() {
+        let mut per_ip = PerIp::new(16, true).with_max_pending(2);
+        let local = addr("/ip4/0.0.0.0/tcp/1");
+        let attacker = addr("/ip4/198.51.100.7/tcp/4000");
+        let other = addr("/ip4/198.51.100.8/tcp/4000");
+        let id = ConnectionId::new_unchecked;
+        for i in 0..2 {
+            assert!(per_ip
+                .handle_pending_inbound_connection(id(i), &local, &attacker)
+                .is_ok());
+        }
+        assert!(
+            per_ip
+                .handle_pending_inbound_connection(id(2), &local, &attacker)
+                .is_err(),
+            "a third handshake from one address is refused"
+        );
+        assert!(per_ip
+            .handle_pending_inbound_connection(id(3), &local, &other)
+            .is_ok());
+        let key = IpKey::of(&attacker).unwrap();
+        // One finishes, one times out: both slots free up.
+        assert!(per_ip
+            .handle_established_inbound_connection(id(0), PeerId::random(), &local, &attacker)
+            .is_ok());
+        let error = ListenError::Aborted;
+        per_ip.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
+            local_addr: &local,
+            send_back_addr: &attacker,
+            error: &error,
+            connection_id: id(1),
+            peer_id: None,
+        }));
+        assert_eq!((per_ip.pending(&key), per_ip.count(&key)), (0, 1));
+        assert!(per_ip
+            .handle_pending_inbound_connection(id(4), &local, &attacker)
+            .is_ok());
     }
 
     #[test]

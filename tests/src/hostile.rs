@@ -297,16 +297,7 @@ impl Flood {
         use libp2p::core::upgrade::OutboundConnectionUpgrade;
         use multistream_select::{dialer_select_proto, Version};
         use tokio_util::compat::TokioAsyncReadCompatExt;
-        let mut ip = None;
-        let mut port = None;
-        for p in target.iter() {
-            match p {
-                libp2p::multiaddr::Protocol::Ip4(a) => ip = Some(a),
-                libp2p::multiaddr::Protocol::Tcp(p) => port = Some(p),
-                _ => {}
-            }
-        }
-        let dst = std::net::SocketAddr::from((ip.context("no ip4")?, port.context("no tcp")?));
+        let dst = socket_addr(target)?;
         let mut connections = Vec::new();
         let mut upgraded = 0;
         for _ in 0..peers {
@@ -411,4 +402,160 @@ pub fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
 /// Open file descriptors of a process (its sockets among them).
 pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Peers that make themselves providers of a download by asking its downloader for the file,
+/// claim every piece, and then never answer a request: each asks `target` for `file`'s
+/// bitfield every 100 ms (so it joins as soon as the download knows the file), answers a
+/// bitfield request with all `pieces` set, and keeps every other request open and silent.
+/// Stopped when dropped.
+pub struct Injectors {
+    tasks: Vec<JoinHandle<()>>,
+    asked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>>,
+}
+
+impl Injectors {
+    /// Starts `peers` such peers on 127.0.0.1.
+    pub fn start(
+        target: &Multiaddr,
+        file: bitswarm_protocols::FileId,
+        pieces: u32,
+        peers: usize,
+    ) -> anyhow::Result<Self> {
+        let Some(libp2p::multiaddr::Protocol::P2p(target_id)) = target.iter().last() else {
+            anyhow::bail!("no /p2p in {target}")
+        };
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let bitfield = vec![0xff_u8; pieces.div_ceil(8) as usize];
+        let mut tasks = Vec::new();
+        for _ in 0..peers {
+            let behaviour = request_response::Behaviour::with_codec(
+                TransferCodec::default(),
+                [(TRANSFER_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
+            );
+            let (mut swarm, _) = swarm("/ip4/127.0.0.1/tcp/0", behaviour)?;
+            swarm.add_peer_address(target_id, target.clone());
+            let me = *swarm.local_peer_id();
+            let asked = asked.clone();
+            let bitfield = bitfield.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut silent: Vec<ResponseChannel<transfer::Response>> = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let request = transfer::Request::Have { id: file };
+                            swarm.behaviour_mut().send_request(&target_id, request);
+                        }
+                        event = swarm.select_next_some() => {
+                            let SwarmEvent::Behaviour(request_response::Event::Message {
+                                message: request_response::Message::Request { request, channel, .. },
+                                ..
+                            }) = event else {
+                                continue;
+                            };
+                            if let Ok(mut asked) = asked.lock() {
+                                asked.insert(me);
+                            }
+                            match request {
+                                transfer::Request::Have { .. } => {
+                                    let have = transfer::Response::Have(bitfield.clone());
+                                    let _ = swarm.behaviour_mut().send_response(channel, have);
+                                }
+                                _ => silent.push(channel),
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(Injectors { tasks, asked })
+    }
+
+    /// How many of these peers the target has sent a request to (took them as providers).
+    pub fn admitted(&self) -> usize {
+        self.asked.lock().map_or(0, |a| a.len())
+    }
+}
+
+impl Drop for Injectors {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// TCP connections from one source address that never start the handshake: each is held open
+/// until the target closes it, then opened again at once, so the attacker always holds as many
+/// pending handshakes as the target lets it. Stopped when dropped.
+pub struct SilentSockets {
+    tasks: Vec<JoinHandle<()>>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentSockets {
+    /// Keeps `sockets` such connections to `target` (an `ip4/tcp` address) from `from_ip`.
+    pub fn start(
+        target: &Multiaddr,
+        from_ip: std::net::Ipv4Addr,
+        sockets: usize,
+    ) -> anyhow::Result<Self> {
+        let dst = socket_addr(target)?;
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks = (0..sockets)
+            .map(|_| {
+                let opened = opened.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    loop {
+                        let connected = async {
+                            let socket = tokio::net::TcpSocket::new_v4()?;
+                            socket.bind(std::net::SocketAddr::from((from_ip, 0)))?;
+                            socket.connect(dst).await
+                        };
+                        if let Ok(mut stream) = connected.await {
+                            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let mut buf = [0u8; 1024];
+                            // Until the target gives up on us (EOF or reset).
+                            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            })
+            .collect();
+        Ok(SilentSockets { tasks, opened })
+    }
+
+    /// Connections opened so far (each new one after the target closed the last).
+    pub fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SilentSockets {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The socket address of an `ip4/tcp` multiaddr.
+fn socket_addr(target: &Multiaddr) -> anyhow::Result<std::net::SocketAddr> {
+    let mut ip = None;
+    let mut port = None;
+    for p in target.iter() {
+        match p {
+            libp2p::multiaddr::Protocol::Ip4(a) => ip = Some(a),
+            libp2p::multiaddr::Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Ok(std::net::SocketAddr::from((
+        ip.context("no ip4")?,
+        port.context("no tcp")?,
+    )))
 }

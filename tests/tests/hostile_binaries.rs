@@ -14,7 +14,7 @@ use bitswarm_protocols::{
 };
 use bitswarm_tests::{
     bin, get_cmd,
-    hostile::{self, Flood, HostilePeer, SlowReaders},
+    hostile::{self, Flood, HostilePeer, Injectors, SilentSockets, SlowReaders},
     init_tracing, make_file, run_with_timeout, share_bin, tracker_bin_full, within, Proc, TestNode,
     STEP,
 };
@@ -250,6 +250,138 @@ async fn a_provider_sending_pieces_of_the_wrong_size_is_dropped_before_they_are_
             "its oversized bodies were refused on their header, never read and verified"
         );
         getter.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_injected_providers_that_claim_everything_and_never_answer_cannot_stall_a_get(
+) -> anyhow::Result<()> {
+    init_tracing();
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let (_tracker, plain, full) = tracker_bin_full(dir.path())?;
+        let size = 64 * MIB;
+        let path = make_file(dir.path(), "wanted.bin", size as usize, 8)?;
+        let id = file_id(&path)?;
+        let (_seeder, _) = share_bin(&path, &plain, dir.path())?;
+
+        let getter = TestNode::start_with(
+            "getter",
+            Config {
+                tracker: Some(full.clone()),
+                provider_wait: Duration::from_secs(60),
+                ..Config::default()
+            },
+        )
+        .await?;
+        let addr = getter
+            .client
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the getter listens nowhere"))?
+            .with(Protocol::P2p(getter.client.peer_id()));
+        // Forty identities knock on the getter for the file every 100 ms, so they join the
+        // download as soon as it knows the file; each claims all 64 pieces and answers no
+        // piece request. Unbounded, they would hold every in-flight slot and the get would
+        // wait out timeout after timeout.
+        let injectors = Injectors::start(&addr, id, 64, 40)?;
+        let (_, before) = hostile::rss(std::process::id())?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out)?;
+        let started = Instant::now();
+        let done = getter
+            .client
+            .get(LookupKey::Id(id), &out)
+            .await?
+            .wait()
+            .await?;
+        let took = started.elapsed();
+        assert_eq!(file_id(&done.path)?, id);
+        let admitted = injectors.admitted();
+        let (_, after) = hostile::rss(std::process::id())?;
+        eprintln!(
+            "get took {took:?} next to 40 stalling injectors ({admitted} admitted); \
+             process peak RSS {} -> {} MiB",
+            before / MIB,
+            after / MIB
+        );
+        assert!(
+            admitted > 0,
+            "no injector was ever asked anything: the attack did not run"
+        );
+        assert!(
+            admitted <= 16,
+            "{admitted} of 40 injected providers were taken (cap 16)"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "the get took {took:?} next to the stalling injectors"
+        );
+        assert!(
+            after < before + 256 * MIB,
+            "this process's peak memory went from {} to {} MiB",
+            before / MIB,
+            after / MIB
+        );
+        drop(injectors);
+        getter.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_opens_handshakes_and_never_finishes_them_cannot_lock_others_out(
+) -> anyhow::Result<()> {
+    init_tracing();
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let (_tracker, plain, full) = tracker_bin_full(dir.path())?;
+        let path = make_file(dir.path(), "small.bin", (3 * MIB) as usize, 9)?;
+        let id = file_id(&path)?;
+        let (seeder, _) = share_bin(&path, &plain, dir.path())?;
+        let target = provider_addr(&full, id).await?;
+        let before = hostile::open_fds(seeder.id())?;
+
+        // 200 sockets from 127.0.0.2 that never send a byte, reopened as soon as the seeder
+        // closes one: without a per-address bound on handshakes they hold all 64 pending
+        // slots, each for the 10 s handshake timeout, and nobody else gets in.
+        let silent = SilentSockets::start(&target, "127.0.0.2".parse()?, 200)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let during = hostile::open_fds(seeder.id())?;
+
+        // Someone else (127.0.0.1) is served meanwhile, well within one handshake timeout.
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out)?;
+        let started = Instant::now();
+        let get = get_cmd(&id.to_string(), &plain, &out, &[])?;
+        let output = run_with_timeout(get, dir.path(), STEP)?;
+        let took = started.elapsed();
+        eprintln!(
+            "{} silent sockets opened; seeder descriptors {before} -> {during}; get took {took:?}",
+            silent.opened()
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(file_id(&out.join("small.bin"))?, id);
+        assert!(
+            took < Duration::from_secs(8),
+            "the get took {took:?} while one host held handshakes open"
+        );
+        assert!(
+            during < before + 40,
+            "the seeder's descriptors went from {before} to {during}"
+        );
+        drop(silent);
+        drop(seeder);
+        Ok(())
     })
     .await
 }

@@ -454,25 +454,38 @@ impl Downloads {
             return;
         }
         // Like pieces, a manifest (32 bytes per piece) goes only over a connection that
-        // carries data: a big one would exhaust a hole-punching relay's circuit.
+        // carries data: a big one would exhaust a hole-punching relay's circuit. Providers the
+        // tracker listed come before peers that only asked us for the file (injected, free to
+        // make up): one of those is asked only when no listed provider is left to try, so
+        // they cannot hold the manifest up while a listed one is still being dialed.
         let connections = cx.connections;
         let mut unconnected = Vec::new();
-        let mut chosen = None;
+        let mut ready: Vec<(bool, PeerId)> = Vec::new();
+        let mut listed_pending = false;
         for (peer, p) in dl.providers.iter_mut() {
             if p.dropped || p.asked_manifest || p.backed_off() {
                 continue;
             }
             if connections.data_path(peer).is_some() {
-                chosen = Some((*peer, p));
-                break;
-            }
-            if !connections.is_connected(peer) {
-                unconnected.push(*peer);
+                ready.push((!p.is_listed(), *peer));
+            } else {
+                listed_pending |= p.is_listed();
+                if !connections.is_connected(peer) {
+                    unconnected.push(*peer);
+                }
             }
         }
-        let Some((peer, state)) = chosen else {
-            unconnected.sort();
-            cx.out.extend(unconnected.into_iter().map(Action::Dial));
+        ready.sort();
+        unconnected.sort();
+        cx.out.extend(unconnected.into_iter().map(Action::Dial));
+        let chosen = ready
+            .first()
+            .filter(|(injected, _)| !*injected || !listed_pending)
+            .map(|(_, peer)| *peer);
+        let Some((peer, state)) = chosen.and_then(|peer| {
+            let state = dl.providers.get_mut(&peer)?;
+            Some((peer, state))
+        }) else {
             return;
         };
         state.asked_manifest = true;

@@ -138,6 +138,29 @@ impl PiecePicker {
         Some(piece)
     }
 
+    /// A copy of a piece that is requested but not held, that `have` holds and `skip` does not
+    /// exclude, once nothing is missing, however many are outstanding (unlike
+    /// [`PiecePicker::pick_endgame`]); marked as requested once more. For pieces stuck at
+    /// providers on probation.
+    pub(crate) fn pick_rescue(
+        &mut self,
+        have: &Bitfield,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Option<PieceIndex> {
+        if self.missing != 0 {
+            return None;
+        }
+        let piece = self.lengths.pieces().find(|p| {
+            matches!(self.state[p.as_usize()], State::Requested(k) if k < ENDGAME_COPIES)
+                && have.has(*p)
+                && !skip(*p)
+        })?;
+        if let State::Requested(k) = &mut self.state[piece.as_usize()] {
+            *k += 1;
+        }
+        Some(piece)
+    }
+
     /// A request for `piece` ended without the piece: it is missing again when no other
     /// request for it is outstanding.
     pub(crate) fn failed(&mut self, piece: PieceIndex) {

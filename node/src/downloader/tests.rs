@@ -278,8 +278,10 @@ fn the_manifest_is_asked_of_a_connected_provider_and_an_unconnected_one_is_diale
     let (_, _rx, actions) = w.reach_manifest(&m, &[near, far]);
     assert_eq!(manifest_asks(&actions), vec![near]);
     assert!(
-        !actions.iter().any(|a| matches!(a, Action::Dial(_))),
-        "one is being asked"
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Dial(p) if *p == far)),
+        "the other is dialed meanwhile, for pieces (or the manifest if the first fails)"
     );
 
     // Only an unconnected provider: it is dialed, not asked.
@@ -289,6 +291,30 @@ fn the_manifest_is_asked_of_a_connected_provider_and_an_unconnected_one_is_diale
     assert!(actions
         .iter()
         .any(|a| matches!(a, Action::Dial(p) if *p == far)));
+}
+
+#[test]
+fn a_peer_that_only_asked_for_the_file_is_not_asked_for_its_manifest_while_a_listed_one_is_dialed()
+{
+    let (_, m) = manifest(4);
+    let [listed, injected] = peers(2)[..] else {
+        unreachable!()
+    };
+    let mut w = World::new();
+    w.connect(injected);
+    let (_, _rx, actions) = w.reach_manifest(&m, &[listed]);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Dial(p) if *p == listed)));
+    // Connected, asking us for the file: it joins, but the listed one is still being dialed.
+    let actions = w.call(|d, cx| d.on_interested_peer(cx, injected, m.id()));
+    assert!(
+        manifest_asks(&actions).is_empty(),
+        "an injected provider waits while a listed one may come: {actions:?}"
+    );
+    // The listed one cannot be dialed: now the injected one is asked.
+    let actions = w.call(|d, cx| d.on_dial_failed(cx, listed, "refused"));
+    assert_eq!(manifest_asks(&actions), vec![injected]);
 }
 
 #[test]

@@ -146,6 +146,11 @@ pub(crate) struct Provider {
 }
 
 impl Provider {
+    /// Whether the tracker listed it (else it only asked us for the file).
+    pub(crate) fn is_listed(&self) -> bool {
+        self.listed
+    }
+
     fn new(complete: bool, window: usize) -> Self {
         Provider {
             complete,
@@ -535,10 +540,19 @@ impl Providers {
                 plan.dial.push(*peer);
             }
         }
-        // Providers that have delivered before those on probation, fewer recent timeouts
-        // first, then the emptiest windows, then by peer id (so the order does not depend on
-        // the hash map's): scarce pieces go to those most likely to send them.
-        order.sort_by_key(|(peer, p)| (p.pieces == 0, p.timeouts, p.in_flight.len(), **peer));
+        // Providers that have delivered before those on probation, listed ones before
+        // injected ones, fewer recent timeouts first, then the emptiest windows, then by peer
+        // id (so the order does not depend on the hash map's): scarce pieces go to those most
+        // likely to send them.
+        order.sort_by_key(|(peer, p)| {
+            (
+                p.pieces == 0,
+                !p.listed,
+                p.timeouts,
+                p.in_flight.len(),
+                **peer,
+            )
+        });
         // A provider that has delivered nothing yet is on probation: one request at a time, so
         // providers that accept requests and never answer cannot take the slots of one that
         // does (see [`Providers::overdue`]).
@@ -564,6 +578,21 @@ impl Providers {
             .filter(|(_, p)| p.pieces == 0)
             .map(|(_, p)| p.in_flight.len())
             .sum();
+        // Injected providers on probation share half the cap even before anyone has
+        // delivered, so a crowd of them cannot take every slot from a listed provider.
+        let injected_cap = (max_in_flight / 2).max(1);
+        let mut on_injected: usize = order
+            .iter()
+            .filter(|(_, p)| p.pieces == 0 && !p.listed)
+            .map(|(_, p)| p.in_flight.len())
+            .sum();
+        // Pieces a provider that has delivered is fetching: in good hands. Those held only by
+        // providers on probation are rescued by a proven one with room (below).
+        let mut in_good_hands: HashSet<PieceIndex> = order
+            .iter()
+            .filter(|(_, p)| p.pieces > 0)
+            .flat_map(|(_, p)| p.in_flight.keys().copied())
+            .collect();
         // Then every provider gets pieces that did not time out at it, then endgame copies;
         // only last may a provider with room left be asked again for a piece that timed out
         // there (nobody else could take it).
@@ -578,8 +607,12 @@ impl Providers {
                     .saturating_sub(p.in_flight.len())
                     .min(max_in_flight.saturating_sub(total));
                 let unproven = p.pieces == 0;
+                let injected = unproven && !p.listed;
                 if unproven {
                     room = room.min(probation_cap.saturating_sub(on_probation));
+                }
+                if injected {
+                    room = room.min(injected_cap.saturating_sub(on_injected));
                 }
                 if room == 0 || (retry_timed_out && p.timed_out.is_empty()) {
                     continue;
@@ -594,9 +627,20 @@ impl Providers {
                 while !retry_timed_out && picks.len() < room {
                     // Not a copy of a piece it has, or one that timed out here.
                     let (in_flight, timed_out) = (&p.in_flight, &p.timed_out);
-                    let Some(dup) = picker.pick_endgame(have, |x| {
+                    let mine = |x| {
                         in_flight.contains_key(&x) || timed_out.contains(&x) || picks.contains(&x)
-                    }) else {
+                    };
+                    let dup = picker.pick_endgame(have, mine).or_else(|| {
+                        // A proven provider with room copies a piece that only providers on
+                        // probation are sitting on, endgame or not: a crowd that accepts
+                        // requests and never answers then costs nothing but their copies.
+                        (!unproven)
+                            .then(|| {
+                                picker.pick_rescue(have, |x| mine(x) || in_good_hands.contains(&x))
+                            })
+                            .flatten()
+                    });
+                    let Some(dup) = dup else {
                         break;
                     };
                     picks.push(dup);
@@ -604,6 +648,11 @@ impl Providers {
                 total += picks.len();
                 if unproven {
                     on_probation += picks.len();
+                } else {
+                    in_good_hands.extend(picks.iter().copied());
+                }
+                if injected {
+                    on_injected += picks.len();
                 }
                 for piece in picks {
                     p.in_flight.insert(piece, now);
