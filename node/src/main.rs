@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use bitswarm_node::{identity, shown, Client, Config, Downloaded, GetRequest};
-use bitswarm_protocols::cli::{ctrl_c, init_tracing};
+use bitswarm_protocols::cli::{ctrl_c, init_tracing, verbosity};
 use bitswarm_protocols::{parse_addr, tracker::LookupKey, FileId, FileName, RelPath};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -123,7 +123,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Quiet by default: the user reads results, not logs.
-    init_tracing(&["error", "info", "debug", "trace"], cli.global.verbose);
+    init_tracing(
+        verbosity(&["error", "info", "debug", "trace"], cli.global.verbose),
+        false,
+    );
     // One node is one event loop; disk work and hashing run on the blocking pool. A
     // single-threaded scheduler saves the cross-thread wakeups of a work-stealing one: about
     // 10% fewer CPU-seconds per GiB in the 1 -> 8 benchmark (see README).

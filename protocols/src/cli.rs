@@ -5,18 +5,43 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the process's log subscriber, writing to stderr: `RUST_LOG` when set, else
-/// `levels[verbose]` (the last one for any higher count). Call once, from `main`.
-pub fn init_tracing(levels: &[&str], verbose: u8) {
-    let level = levels
+/// `level` (an `EnvFilter` directive); as JSON lines when `json`. Call once, from `main`.
+pub fn init_tracing(level: &str, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The level of `-v` given `verbose` times: `levels[verbose]`, the last one for any higher
+/// count.
+pub fn verbosity<'a>(levels: &[&'a str], verbose: u8) -> &'a str {
+    levels
         .get(usize::from(verbose))
         .or(levels.last())
         .copied()
-        .unwrap_or("warn");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .unwrap_or("warn")
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so a server can hold
+/// as many connections as its connection limits allow. Returns the new soft limit.
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).map_err(std::io::Error::from)?;
+    }
+    // `None` is unlimited.
+    Ok(limit.current.unwrap_or(u64::MAX))
 }
 
 /// Exit status after a second Ctrl-C (128 + SIGINT).

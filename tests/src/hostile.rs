@@ -559,3 +559,245 @@ fn socket_addr(target: &Multiaddr) -> anyhow::Result<std::net::SocketAddr> {
         port.context("no tcp")?,
     )))
 }
+
+type RawMuxer = libp2p::yamux::Muxer<
+    multistream_select::Negotiated<
+        libp2p::noise::Output<multistream_select::Negotiated<FloodStream>>,
+    >,
+>;
+
+/// A peer from a chosen source address (`127.0.0.x`, which a swarm's TCP dialer cannot pick),
+/// with its own identity, speaking the tracker protocol by hand: Noise and yamux negotiated
+/// over a socket bound to that address, each request a fresh stream (CBOR written, the write
+/// side closed, the answer read to its end), as request-response does. Inbound streams (the
+/// tracker's pings) are refused at negotiation, so the tracker keeps the connection.
+pub struct RawPeer {
+    /// Its peer id.
+    pub peer: PeerId,
+    muxer: RawMuxer,
+    refusing: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, ()>>,
+}
+
+impl RawPeer {
+    /// Connects to `target` (an `ip4/tcp` address) from `from_ip` as `key`.
+    pub async fn connect(
+        target: &Multiaddr,
+        from_ip: std::net::Ipv4Addr,
+        key: libp2p::identity::Keypair,
+    ) -> anyhow::Result<Self> {
+        use libp2p::core::upgrade::OutboundConnectionUpgrade;
+        use multistream_select::{dialer_select_proto, Version};
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((from_ip, 0)))?;
+        let stream = socket.connect(socket_addr(target)?).await?;
+        stream.set_nodelay(true)?;
+        let (noise_id, io) = dialer_select_proto(stream.compat(), ["/noise"], Version::V1).await?;
+        let (_, secure) = noise::Config::new(&key)?
+            .upgrade_outbound(io, noise_id)
+            .await?;
+        let (yamux_id, io) = dialer_select_proto(secure, ["/yamux/1.0.0"], Version::V1).await?;
+        let muxer = yamux::Config::default()
+            .upgrade_outbound(io, yamux_id)
+            .await?;
+        Ok(RawPeer {
+            peer: key.public().to_peer_id(),
+            muxer,
+            refusing: futures::stream::FuturesUnordered::new(),
+        })
+    }
+
+    /// Drives the connection: its frames, and refusing inbound streams.
+    fn drive(&mut self, cx: &mut std::task::Context<'_>) -> anyhow::Result<()> {
+        use libp2p::core::muxing::StreamMuxerExt;
+        use std::task::Poll;
+        loop {
+            match self.muxer.poll_unpin(cx) {
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => anyhow::bail!("connection failed: {e}"),
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Ok(stream)) = self.muxer.poll_inbound_unpin(cx) {
+            self.refusing.push(Box::pin(async move {
+                let none: Vec<&'static str> = Vec::new();
+                let _ = multistream_select::listener_select_proto(stream, none).await;
+            }));
+        }
+        while let Poll::Ready(Some(())) = self.refusing.poll_next_unpin(cx) {}
+        Ok(())
+    }
+
+    /// Opens a stream for `protocol`.
+    async fn open(
+        &mut self,
+        protocol: libp2p::StreamProtocol,
+    ) -> anyhow::Result<multistream_select::Negotiated<libp2p::yamux::Stream>> {
+        use libp2p::core::muxing::StreamMuxerExt;
+        let stream = futures::future::poll_fn(|cx| {
+            if let Err(e) = self.drive(cx) {
+                return std::task::Poll::Ready(Err(e));
+            }
+            self.muxer
+                .poll_outbound_unpin(cx)
+                .map_err(|e| anyhow::anyhow!("cannot open a stream: {e}"))
+        })
+        .await?;
+        let negotiate = multistream_select::dialer_select_proto(
+            stream,
+            [protocol],
+            multistream_select::Version::V1,
+        );
+        let (_, io) = self.run(negotiate).await??;
+        Ok(io)
+    }
+
+    /// Runs `fut` while driving the connection.
+    async fn run<F: std::future::Future>(&mut self, fut: F) -> anyhow::Result<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        futures::future::poll_fn(|cx| {
+            if let Err(e) = self.drive(cx) {
+                return std::task::Poll::Ready(Err(e));
+            }
+            fut.as_mut().poll(cx).map(Ok)
+        })
+        .await
+    }
+
+    /// Sends one tracker request and reads its answer.
+    pub async fn tracker(
+        &mut self,
+        request: &tracker::Request,
+    ) -> anyhow::Result<tracker::Response> {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        let mut io = self.open(TRACKER_PROTOCOL).await?;
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), request)?;
+        let exchange = async move {
+            io.write_all(&bytes).await?;
+            io.close().await?;
+            let mut answer = Vec::new();
+            io.take(bitswarm_protocols::codec::MAX_TRACKER_RESPONSE)
+                .read_to_end(&mut answer)
+                .await?;
+            anyhow::Ok(answer)
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), self.run(exchange))
+            .await
+            .context("no answer within 10 s")???;
+        Ok(cbor4ii::serde::from_slice(&answer)?)
+    }
+
+    /// Sends one tracker request and never reads the answer; the stream stays open.
+    pub async fn tracker_unread(
+        &mut self,
+        request: &tracker::Request,
+    ) -> anyhow::Result<multistream_select::Negotiated<libp2p::yamux::Stream>> {
+        use futures::AsyncWriteExt;
+        let mut io = self.open(TRACKER_PROTOCOL).await?;
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), request)?;
+        let sent = async {
+            io.write_all(&bytes).await?;
+            io.close().await?;
+            anyhow::Ok(())
+        };
+        self.run(sent).await??;
+        Ok(io)
+    }
+
+    /// Keeps driving the connection for `period` (so the peer stays responsive).
+    pub async fn idle(&mut self, period: Duration) -> anyhow::Result<()> {
+        self.run(tokio::time::sleep(period)).await
+    }
+}
+
+/// A key whose peer id sorts before almost every other: its public key starts with a zero
+/// byte (about one key in 256), as an attacker grinds them to come first in id order.
+pub fn low_key() -> libp2p::identity::Keypair {
+    loop {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let bytes = key.public().to_peer_id().to_bytes();
+        // Identity multihash of a protobuf key: 6 bytes of framing, then the key.
+        if bytes.get(6) == Some(&0) {
+            return key;
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Reserver {
+    relay: libp2p::relay::client::Behaviour,
+    tracker: request_response::Behaviour<TrackerCodec>,
+}
+
+/// Whether a fresh peer gets a relay reservation at the tracker `tracker` (listening on
+/// `circuit`, the tracker's address with `/p2p-circuit`); with `register`, it announces itself
+/// first.
+pub async fn reserve(
+    tracker: &Multiaddr,
+    circuit: &Multiaddr,
+    register: bool,
+) -> anyhow::Result<bool> {
+    let Some(libp2p::multiaddr::Protocol::P2p(tracker_id)) = tracker.iter().last() else {
+        anyhow::bail!("no /p2p in the tracker address {tracker}")
+    };
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_, relay| Reserver {
+            relay,
+            tracker: request_response::Behaviour::with_codec(
+                tracker_codec(),
+                [(TRACKER_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            ),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.add_peer_address(tracker_id, tracker.clone());
+    if register {
+        let announce = tracker::Announce {
+            files: Vec::new(),
+            addrs: Vec::new(),
+        };
+        swarm
+            .behaviour_mut()
+            .tracker
+            .send_request(&tracker_id, tracker::Request::Announce(announce));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let SwarmEvent::Behaviour(ReserverEvent::Tracker(
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { .. },
+                        ..
+                    },
+                )) = swarm.select_next_some().await
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .context("no answer to the announce")?;
+    }
+    swarm.listen_on(circuit.clone())?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(ReserverEvent::Relay(
+                    libp2p::relay::client::Event::ReservationReqAccepted { .. },
+                )) => return Ok(true),
+                SwarmEvent::ListenerClosed { .. } | SwarmEvent::ListenerError { .. } => {
+                    return Ok(false)
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("neither a reservation nor a refusal within 10 s")?
+}

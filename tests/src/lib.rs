@@ -318,9 +318,30 @@ pub fn tracker_bin(home: &Path) -> anyhow::Result<(Proc, String)> {
 }
 
 /// [`tracker_bin`], also returning the full address it printed (with `/p2p/<id>`).
+/// It logs warnings only; see [`tracker_bin_logged`] for its default log.
 pub fn tracker_bin_full(home: &Path) -> anyhow::Result<(Proc, String, Multiaddr)> {
     let mut cmd = Command::new(bin("bitswarm-tracker")?);
-    cmd.args(["127.0.0.1:0", "--ephemeral"]);
+    cmd.args(["127.0.0.1:0", "--ephemeral"])
+        .env("RUST_LOG", "warn");
+    tracker_proc(cmd, home)
+}
+
+/// [`tracker_bin_full`] with its default log (every request at info, plus `extra` arguments)
+/// written to `log`.
+pub fn tracker_bin_logged(
+    home: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, String, Multiaddr)> {
+    let mut cmd = Command::new(bin("bitswarm-tracker")?);
+    cmd.args(["127.0.0.1:0", "--ephemeral"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(log)?);
+    tracker_proc(cmd, home)
+}
+
+fn tracker_proc(cmd: Command, home: &Path) -> anyhow::Result<(Proc, String, Multiaddr)> {
     let mut proc = Proc::spawn(cmd, home)?;
     let line = proc.wait_line("listening on /ip4/127.0.0.1/tcp/", STEP)?;
     let full: Multiaddr = line.trim_start_matches("listening on ").trim().parse()?;

@@ -9,10 +9,17 @@
 //! Liveness: a peer's registrations are evicted when its last connection closes
 //! ([`EvictReason::Disconnected`]) or when its TTL passes without a re-announce
 //! ([`EvictReason::Expired`], driven by [`Behaviour::expire`] on a timer).
+//!
+//! It remembers the IPs each peer's connections come from and arrive on (the [`Origin`] its
+//! announces are checked against), rate-limits requests per peer and per host
+//! ([`RateLimiter`]), and keeps the set of registered peers in a [`Registered`] handle that
+//! the relay consults, so only the tracker's own peers may reserve or open circuits.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, HashSet, VecDeque},
     iter,
+    net::IpAddr,
+    sync::{Arc, RwLock},
     task::{Context, Poll, Waker},
     time::Instant,
 };
@@ -23,7 +30,8 @@ use bitswarm_protocols::{
 };
 use libp2p::{
     core::{transport::PortUse, Endpoint},
-    request_response::{self, ProtocolSupport},
+    multiaddr::Protocol,
+    request_response::{self, InboundRequestId, ProtocolSupport},
     swarm::{
         behaviour::ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour,
         THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -31,9 +39,17 @@ use libp2p::{
     Multiaddr, PeerId,
 };
 
-use crate::{index::IndexError, Config, FileIndex};
+use crate::{
+    index::{Host, IndexError, Origin},
+    rate::{Limited, RateLimiter},
+    replies::Replies,
+    Config, FileIndex,
+};
 
 type Inner = request_response::Behaviour<TrackerCodec>;
+
+/// Most tracker requests one connection may have open at once (read, answered or unread).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 16;
 type InnerEvent = request_response::Event<Request, Response>;
 
 /// Why a peer's registrations were removed.
@@ -43,6 +59,52 @@ pub enum EvictReason {
     Disconnected,
     /// Its TTL passed without a re-announce.
     Expired,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The index refused it.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The peer, or its host, asked too often.
+    #[error("too many requests from this {}", match .0 { Limited::Peer => "peer", Limited::Host => "host" })]
+    RateLimited(Limited),
+    /// Its host has too many answers sent and not yet read.
+    #[error("too many unread answers to this host")]
+    Unread,
+}
+
+impl Refusal {
+    /// The wire code sent back.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::Index(e) => e.code(),
+            Refusal::RateLimited(_) | Refusal::Unread => ErrorCode::LimitReached,
+        }
+    }
+}
+
+/// The peers registered at a tracker, shared with the relay (which lets only them reserve
+/// and open circuits). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Registered(Arc<RwLock<HashSet<PeerId>>>);
+
+impl Registered {
+    /// Whether `peer` is registered.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.0.read().is_ok_and(|set| set.contains(peer))
+    }
+
+    fn set(&self, peer: PeerId, registered: bool) {
+        if let Ok(mut set) = self.0.write() {
+            if registered {
+                set.insert(peer);
+            } else {
+                set.remove(&peer);
+            }
+        }
+    }
 }
 
 /// What the tracker did.
@@ -56,6 +118,8 @@ pub enum Event {
         files: usize,
         /// The peer was not registered before.
         new_peer: bool,
+        /// Announced addresses dropped as not the peer's own.
+        dropped_addrs: usize,
     },
     /// A peer withdrew one file.
     Unannounced {
@@ -98,10 +162,12 @@ pub enum Event {
     RequestRefused {
         /// The requester.
         peer: PeerId,
+        /// Its IP, as the tracker saw it.
+        from: Option<IpAddr>,
         /// The code sent back.
         code: ErrorCode,
         /// The cause.
-        error: IndexError,
+        error: Refusal,
     },
     /// An inbound request could not be read or answered: malformed, oversized, timed out, or
     /// its connection closed first.
@@ -125,30 +191,74 @@ pub struct Behaviour {
     events: VecDeque<Event>,
     /// Woken when an event is queued from outside `poll`.
     waker: Option<Waker>,
+    /// Each peer's direct connections: (connection, its IP, our IP). Bounded by the
+    /// connection limits.
+    connections: HashMap<PeerId, Vec<(ConnectionId, IpAddr, IpAddr)>>,
+    rate: RateLimiter,
+    /// Answers sent and not yet read.
+    replies: Replies<InboundRequestId>,
+    registered: Registered,
+    exempt_localhost: bool,
 }
 
 impl Behaviour {
     /// A tracker with an empty index, using `config`'s timing and limits.
     pub fn new(config: &Config) -> Self {
-        let rr_config =
-            request_response::Config::default().with_request_timeout(config.request_timeout);
+        let rr_config = request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         Behaviour {
             inner: Inner::with_codec(
                 tracker_codec(),
                 iter::once((TRACKER_PROTOCOL, ProtocolSupport::Inbound)),
                 rr_config,
             ),
-            index: FileIndex::new(config.limits, config.ttl),
+            index: FileIndex::new(
+                config.limits,
+                config.ttl,
+                config.keypair.public().to_peer_id(),
+                rand::random(),
+            ),
             interval_secs: secs(config.announce_interval),
             ttl_secs: secs(config.ttl),
             events: VecDeque::new(),
             waker: None,
+            connections: HashMap::new(),
+            rate: RateLimiter::new(config.rate_limits),
+            replies: Replies::new(config.max_unread_per_host, config.max_unread_total),
+            registered: Registered::default(),
+            exempt_localhost: config.limits.exempt_localhost,
+        }
+    }
+
+    /// The registered peers, kept up to date while the tracker runs.
+    pub fn registered(&self) -> Registered {
+        self.registered.clone()
+    }
+
+    /// The host `peer` counts under (`None`: not counted, this machine).
+    fn host_of(&self, peer: &PeerId) -> Option<Host> {
+        let ip = self
+            .connections
+            .get(peer)
+            .and_then(|c| c.first())
+            .map(|(_, remote, _)| *remote);
+        Host::of(ip, self.exempt_localhost)
+    }
+
+    /// How the tracker sees `peer`: the IPs of its direct connections.
+    fn origin(&self, peer: &PeerId) -> Origin {
+        let conns = self.connections.get(peer).map_or(&[][..], Vec::as_slice);
+        Origin {
+            remote: conns.iter().map(|(_, remote, _)| *remote).collect(),
+            local: conns.iter().map(|(_, _, local)| *local).collect(),
         }
     }
 
     /// Evicts every peer whose TTL passed at `now`; each gets an [`Event::Evicted`].
     pub fn expire(&mut self, now: Instant) {
         for peer in self.index.expire(now) {
+            self.registered.set(peer, false);
             self.push(Event::Evicted {
                 peer,
                 reason: EvictReason::Expired,
@@ -166,6 +276,11 @@ impl Behaviour {
         &self.index
     }
 
+    /// The index, to change (say, to register peers without the network in a benchmark).
+    pub fn index_mut(&mut self) -> &mut FileIndex {
+        &mut self.index
+    }
+
     fn push(&mut self, event: Event) {
         self.events.push_back(event);
         if let Some(waker) = self.waker.take() {
@@ -179,24 +294,55 @@ impl Behaviour {
                 peer,
                 message:
                     request_response::Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
             } => {
-                let (response, event) = self.serve(peer, request);
+                let host = self.host_of(&peer).map(|h| h.ip);
+                let (response, event) = if self.replies.has_room(host) {
+                    self.serve(peer, request)
+                } else {
+                    // Its earlier answers are unread: a few bytes of refusal, no work.
+                    let error = Refusal::Unread;
+                    let code = error.code();
+                    let from = self.origin(&peer).remote.first().copied();
+                    (
+                        Err(code),
+                        Event::RequestRefused {
+                            peer,
+                            from,
+                            code,
+                            error,
+                        },
+                    )
+                };
+                let bytes = crate::replies::encoded_len(&response);
                 if self.inner.send_response(channel, response).is_err() {
                     // The inner behaviour reports this as an `InboundFailure` too.
                     tracing::debug!(%peer, "requester gone before the response");
+                } else {
+                    self.replies.sent(request_id, host, bytes);
                 }
                 self.events.push_back(event);
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.replies.done(request_id);
                 self.events.push_back(Event::InboundFailed {
                     peer,
                     error: error.to_string(),
                 });
             }
-            request_response::Event::ResponseSent { peer, .. } => {
+            request_response::Event::ResponseSent {
+                peer, request_id, ..
+            } => {
+                self.replies.done(request_id);
                 tracing::trace!(%peer, "response sent");
             }
             // Inbound only: no request of ours can get a response or fail.
@@ -209,25 +355,47 @@ impl Behaviour {
 
     /// Answers one request from `peer`.
     fn serve(&mut self, peer: PeerId, request: Request) -> (Response, Event) {
-        let refused = |error: IndexError| {
+        let now = Instant::now();
+        let origin = self.origin(&peer);
+        let from = origin.remote.first().copied();
+        let refused = |error: Refusal| {
             let code = error.code();
-            (Err(code), Event::RequestRefused { peer, code, error })
+            (
+                Err(code),
+                Event::RequestRefused {
+                    peer,
+                    from,
+                    code,
+                    error,
+                },
+            )
         };
+        let host = Host::of(origin.remote.first().copied(), self.exempt_localhost);
+        if let Err(limited) = self.rate.check(peer, host.map(|h| h.ip), now) {
+            return refused(Refusal::RateLimited(limited));
+        }
+        let refused = |error: IndexError| refused(Refusal::Index(error));
         match request {
             Request::Announce(announce) => {
                 let files = announce.files.len();
-                match self.index.announce(peer, announce, Instant::now()) {
-                    Ok(done) => (
-                        Ok(Reply::Announced {
-                            interval_secs: self.interval_secs,
-                            ttl_secs: self.ttl_secs,
-                        }),
-                        Event::Announced {
-                            peer,
-                            files,
-                            new_peer: done.new_peer,
-                        },
-                    ),
+                match self.index.announce_from(peer, announce, &origin, now) {
+                    Ok(done) => {
+                        if done.new_peer {
+                            self.registered.set(peer, true);
+                        }
+                        (
+                            Ok(Reply::Announced {
+                                interval_secs: self.interval_secs,
+                                ttl_secs: self.ttl_secs,
+                            }),
+                            Event::Announced {
+                                peer,
+                                files,
+                                new_peer: done.new_peer,
+                                dropped_addrs: done.dropped_addrs,
+                            },
+                        )
+                    }
                     Err(error) => refused(error),
                 }
             }
@@ -281,12 +449,19 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner.handle_established_inbound_connection(
+        let handler = self.inner.handle_established_inbound_connection(
             connection_id,
             peer,
             local_addr,
             remote_addr,
-        )
+        )?;
+        if let (Some(remote), Some(local)) = (direct_ip(remote_addr), direct_ip(local_addr)) {
+            self.connections
+                .entry(peer)
+                .or_default()
+                .push((connection_id, remote, local));
+        }
+        Ok(handler)
     }
 
     fn handle_pending_outbound_connection(
@@ -324,10 +499,24 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(ConnectionClosed {
             peer_id,
+            connection_id,
+            ..
+        }) = event
+        {
+            if let Some(conns) = self.connections.get_mut(&peer_id) {
+                conns.retain(|(c, _, _)| *c != connection_id);
+                if conns.is_empty() {
+                    self.connections.remove(&peer_id);
+                }
+            }
+        }
+        if let FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id,
             remaining_established: 0,
             ..
         }) = event
         {
+            self.registered.set(peer_id, false);
             if self.index.remove_peer(peer_id) {
                 self.push(Event::Evicted {
                     peer: peer_id,
@@ -411,6 +600,18 @@ fn forward<H>(action: ToSwarm<InnerEvent, H>) -> Forward<H> {
             ToSwarm::NewExternalAddrOfPeer { peer_id, address }
         }
         _ => return Forward::Unknown,
+    })
+}
+
+/// The IP of a direct (not relayed) connection's address.
+fn direct_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return None;
+    }
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
     })
 }
 

@@ -9,7 +9,7 @@ use bitswarm_protocols::keyfile;
 pub use bitswarm_protocols::limits::ConnectionLimits;
 use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr};
 
-use crate::{Limits, Result};
+use crate::{Limits, RateLimits, Result};
 
 /// Default TCP port: the prototype's.
 pub const DEFAULT_PORT: u16 = 7000;
@@ -31,6 +31,12 @@ pub const DEFAULT_RELAY_CIRCUIT_BYTES: u64 = 128 * 1024;
 pub const DEFAULT_RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(120);
 /// Longest life of a circuit when the tracker relays file data.
 pub const DATA_RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Bytes one circuit may carry when the tracker relays file data.
+pub const DATA_RELAY_CIRCUIT_BYTES: u64 = 1 << 30;
+/// Default most circuits one peer may open per hour (0 is no rate limit).
+pub const DEFAULT_RELAY_CIRCUITS_PER_HOUR: u32 = 120;
+/// Most circuits one peer may open per hour when the tracker relays file data.
+pub const DATA_RELAY_CIRCUITS_PER_HOUR: u32 = 16;
 /// Default most circuits per peer.
 pub const DEFAULT_RELAY_CIRCUITS_PER_PEER: usize = 4;
 /// Default most circuits in all.
@@ -51,6 +57,10 @@ pub struct RelayLimits {
     pub max_circuits: usize,
     /// Most reservations in all.
     pub max_reservations: usize,
+    /// Most circuits one peer may open per hour; 0 is no limit. With the byte limit per
+    /// circuit this is each peer's relayed-byte budget per hour, and `max_circuits` times the
+    /// byte limit bounds what the relay carries at once.
+    pub circuits_per_peer_per_hour: u32,
 }
 
 impl Default for RelayLimits {
@@ -61,17 +71,20 @@ impl Default for RelayLimits {
             max_circuits_per_peer: DEFAULT_RELAY_CIRCUITS_PER_PEER,
             max_circuits: DEFAULT_RELAY_MAX_CIRCUITS,
             max_reservations: DEFAULT_RELAY_MAX_RESERVATIONS,
+            circuits_per_peer_per_hour: DEFAULT_RELAY_CIRCUITS_PER_HOUR,
         }
     }
 }
 
 impl RelayLimits {
-    /// Limits under which file data may go through the relay: no byte limit, circuits
-    /// living a day.
+    /// Limits under which file data may go through the relay: 1 GiB per circuit, circuits
+    /// living a day, 16 circuits per peer per hour (a budget of 16 GiB per peer per hour, and
+    /// at most `max_circuits` GiB in flight).
     pub fn carrying_data(self) -> Self {
         RelayLimits {
-            max_circuit_bytes: 0,
+            max_circuit_bytes: DATA_RELAY_CIRCUIT_BYTES,
             max_circuit_duration: DATA_RELAY_CIRCUIT_DURATION,
+            circuits_per_peer_per_hour: DATA_RELAY_CIRCUITS_PER_HOUR,
             ..self
         }
     }
@@ -106,6 +119,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Bounds on the index.
     pub limits: Limits,
+    /// How fast one peer, and one host, may make requests.
+    pub rate_limits: RateLimits,
+    /// Most bytes of answers one host may leave unread before its requests are refused.
+    pub max_unread_per_host: usize,
+    /// Most bytes of unread answers in all.
+    pub max_unread_total: usize,
     /// Connection limits (defaults: [`ConnectionLimits::tracker`]).
     pub connection_limits: ConnectionLimits,
     /// Also listen on QUIC, on the port of each TCP listen address.
@@ -134,6 +153,9 @@ impl Default for Config {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             limits: Limits::default(),
+            rate_limits: RateLimits::default(),
+            max_unread_per_host: crate::replies::DEFAULT_MAX_HOST_BYTES,
+            max_unread_total: crate::replies::DEFAULT_MAX_TOTAL_BYTES,
             connection_limits: ConnectionLimits::tracker(),
             quic: true,
             external_addrs: Vec::new(),

@@ -31,10 +31,13 @@ pub mod behaviour;
 pub mod config;
 mod error;
 pub mod index;
+pub mod rate;
+pub mod replies;
 pub mod server;
 
-pub use behaviour::{Behaviour, Event, EvictReason};
+pub use behaviour::{Behaviour, Event, EvictReason, Refusal, Registered};
 pub use config::{Config, RelayLimits};
 pub use error::{Error, Result};
 pub use index::{FileIndex, IndexError, Limits};
+pub use rate::RateLimits;
 pub use server::Tracker;

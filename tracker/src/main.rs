@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use bitswarm_protocols::cli::{ctrl_c, init_tracing};
+use bitswarm_protocols::cli::{ctrl_c, init_tracing, raise_fd_limit, verbosity};
 use bitswarm_protocols::parse_addr;
 use bitswarm_tracker::{config, Config, RelayLimits, Tracker};
 use clap::{ArgAction, Parser};
@@ -50,7 +50,7 @@ struct Args {
     #[arg(long)]
     relay_data: bool,
     /// Bytes one relayed circuit may carry, 0 for no limit
-    /// [default: 131072, or 0 with --relay-data]
+    /// [default: 131072, or 1073741824 with --relay-data]
     #[arg(long, value_name = "BYTES")]
     relay_circuit_bytes: Option<u64>,
     /// Seconds one relayed circuit may live [default: 120, or 86400 with --relay-data]
@@ -65,9 +65,16 @@ struct Args {
     /// Answer AutoNAT probes from peers at non-global addresses (a LAN or a test lab)
     #[arg(long)]
     autonat_private_ips: bool,
-    /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
-    #[arg(short, long, action = ArgAction::Count)]
+    /// More logging: -v debug, -vv trace (RUST_LOG overrides). By default every request,
+    /// share and eviction is logged at info.
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
+    /// Log only warnings and errors
+    #[arg(short, long)]
+    quiet: bool,
+    /// Log as JSON lines (one object per event), for log shippers
+    #[arg(long)]
+    json_logs: bool,
 }
 
 fn main() -> ExitCode {
@@ -97,7 +104,15 @@ fn chain(err: &anyhow::Error) -> String {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&LOG_LEVELS, args.verbose);
+    let level = if args.quiet {
+        "warn"
+    } else {
+        verbosity(&LOG_LEVELS, args.verbose)
+    };
+    init_tracing(level, args.json_logs);
+    if let Err(error) = raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     let config = config_from(&args)?;
 
     let tracker = Tracker::bind(config)
@@ -188,10 +203,9 @@ async fn stop_on_ctrl_c(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Log levels by `-v` count: `RUST_LOG` overrides.
-const LOG_LEVELS: [&str; 4] = [
-    "warn",
-    "info",
+/// Log levels by `-v` count (`-q` is warn): `RUST_LOG` overrides.
+const LOG_LEVELS: [&str; 3] = [
+    "warn,bitswarm_tracker=info",
     "info,bitswarm_tracker=debug,bitswarm_protocols=debug",
     "trace",
 ];

@@ -4,7 +4,9 @@
 //! connection, which evicts the peer when it was its last) and identify. [`Tracker::bind`] builds
 //! it and starts listening; [`Tracker::run`] is one `tokio::select!` over the swarm, the
 //! shutdown token and the expiry timer, each arm calling a `handle_*` method. Every tracker event
-//! is logged here (`peer`, `file` fields): info for lifecycle and evictions, debug per request.
+//! is logged here, one line each with `peer` and `file` (or `name`, `query`) fields: announces,
+//! lookups, searches, stats requests and evictions at info, as the prototype logged every
+//! request and share; a peer's first refusal for a limit at warn, its later ones at debug.
 
 use std::{
     collections::HashMap,
@@ -67,6 +69,34 @@ pub struct Tracker {
     span: tracing::Span,
     /// Addresses whose inbound connections were refused already (logged once).
     refusals: RefusalLog,
+    /// Peers refused for a limit already (logged once each).
+    limited: PeerLog,
+}
+
+/// Hosts (or, on this machine, peers) already logged, bounded: past [`MAX_LOGGED`] it starts
+/// over. Keyed by host, so a thousand identities from one address are one line.
+#[derive(Debug, Default)]
+struct PeerLog(std::collections::HashSet<Result<std::net::IpAddr, PeerId>>);
+
+/// Most entries [`PeerLog`] remembers.
+const MAX_LOGGED: usize = 4096;
+
+impl PeerLog {
+    fn first(&mut self, peer: PeerId, from: Option<std::net::IpAddr>) -> bool {
+        if self.0.len() >= MAX_LOGGED {
+            self.0.clear();
+        }
+        // This machine is one address for every local peer: keyed by peer there.
+        let key = match from {
+            Some(ip)
+                if ip != std::net::Ipv4Addr::LOCALHOST && ip != std::net::Ipv6Addr::LOCALHOST =>
+            {
+                Ok(ip)
+            }
+            _ => Err(peer),
+        };
+        self.0.insert(key)
+    }
 }
 
 impl Tracker {
@@ -164,6 +194,7 @@ impl Tracker {
             expiry_period: (config.ttl / 4).clamp(EXPIRY_PERIOD.0, EXPIRY_PERIOD.1),
             span: config.root_span,
             refusals: RefusalLog::default(),
+            limited: PeerLog::default(),
         })
     }
 
@@ -268,16 +299,27 @@ impl Tracker {
             Event::Announced {
                 peer,
                 files,
-                new_peer: true,
-            } => info!(%peer, files, "peer registered"),
-            Event::Announced { peer, files, .. } => debug!(%peer, files, "announce"),
-            Event::Unannounced { peer, file } => debug!(%peer, %file, "unannounce"),
+                new_peer,
+                dropped_addrs,
+            } => {
+                let what = if new_peer {
+                    "peer registered"
+                } else {
+                    "announce"
+                };
+                if dropped_addrs > 0 {
+                    info!(%peer, files, dropped_addrs, "{what} (addresses not on its own IP dropped)");
+                } else {
+                    info!(%peer, files, "{what}");
+                }
+            }
+            Event::Unannounced { peer, file } => info!(%peer, %file, "unannounce"),
             Event::LookedUp { peer, key, found } => match key {
-                LookupKey::Id(file) => debug!(%peer, %file, found, "lookup"),
-                LookupKey::Name(name) => debug!(%peer, %name, found, "lookup by name"),
+                LookupKey::Id(file) => info!(%peer, %file, found, "lookup"),
+                LookupKey::Name(name) => info!(%peer, %name, found, "lookup by name"),
             },
-            Event::Searched { peer, query, found } => debug!(%peer, ?query, found, "search"),
-            Event::StatsServed { peer } => debug!(%peer, "stats"),
+            Event::Searched { peer, query, found } => info!(%peer, ?query, found, "search"),
+            Event::StatsServed { peer } => info!(%peer, "stats"),
             Event::Evicted { peer, reason } => {
                 let reason = match reason {
                     EvictReason::Disconnected => "disconnected",
@@ -285,11 +327,19 @@ impl Tracker {
                 };
                 info!(%peer, reason, "peer evicted");
             }
-            Event::RequestRefused { peer, code, error } => {
-                if code == bitswarm_protocols::ErrorCode::LimitReached {
-                    warn!(%peer, %error, "request refused");
-                } else {
+            Event::RequestRefused {
+                peer,
+                from,
+                code,
+                error,
+            } => {
+                let limited = code == bitswarm_protocols::ErrorCode::LimitReached;
+                if limited && self.limited.first(peer, from) {
+                    warn!(%peer, from = ?from, %error, "request refused (further refusals of this host are logged at debug)");
+                } else if code == bitswarm_protocols::ErrorCode::LimitReached {
                     debug!(%peer, %error, "request refused");
+                } else {
+                    info!(%peer, %error, "request refused");
                 }
             }
             Event::InboundFailed { peer, error } => debug!(%peer, %error, "inbound request failed"),
@@ -428,19 +478,35 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
     );
     let local = config.keypair.public().to_peer_id();
     let limits = &config.relay;
-    let relay = relay::Behaviour::new(
-        local,
-        relay::Config {
-            max_reservations: limits.max_reservations,
-            max_circuits: limits.max_circuits,
-            max_circuits_per_peer: limits.max_circuits_per_peer,
-            max_circuit_duration: limits
-                .max_circuit_duration
-                .min(Duration::from_secs(u64::from(u32::MAX))),
-            max_circuit_bytes: limits.max_circuit_bytes,
-            ..relay::Config::default()
-        },
-    );
+    let tracker = crate::Behaviour::new(config);
+    let mut relay_config = relay::Config {
+        max_reservations: limits.max_reservations,
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuit_duration: limits
+            .max_circuit_duration
+            .min(Duration::from_secs(u64::from(u32::MAX))),
+        max_circuit_bytes: limits.max_circuit_bytes,
+        ..relay::Config::default()
+    };
+    // Only the tracker's own peers may reserve, or open circuits (to a peer that reserved,
+    // so also one of ours); a stranger's request is denied as over a limit.
+    let registered = tracker.registered();
+    relay_config
+        .reservation_rate_limiters
+        .push(Box::new(move |peer, _: &Multiaddr, _| {
+            registered.contains(&peer)
+        }));
+    let registered = tracker.registered();
+    relay_config
+        .circuit_src_rate_limiters
+        .push(Box::new(move |peer, _: &Multiaddr, _| {
+            registered.contains(&peer)
+        }));
+    if let Some(per_hour) = std::num::NonZeroU32::new(limits.circuits_per_peer_per_hour) {
+        relay_config = relay_config.circuit_src_per_peer(per_hour, Duration::from_secs(3600));
+    }
+    let relay = relay::Behaviour::new(local, relay_config);
     let autonat = autonat::Behaviour::new(
         local,
         autonat::Config {
@@ -453,7 +519,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
     );
     let behaviour = Behaviour {
         limits: limits::Behaviour::new(config.connection_limits),
-        tracker: crate::Behaviour::new(config),
+        tracker,
         ping,
         identify,
         relay,

@@ -157,11 +157,20 @@ async fn main() -> anyhow::Result<()> {
         "build the binaries first: cargo build --release --bins"
     );
     let dir = tempfile::tempdir()?;
-    let home = dir.path();
+    let result = soak(&args, &node_bin, &tracker_bin, dir.path()).await;
+    if result.is_err() {
+        // Keep the logs of a run that broke off, to see why.
+        let kept = dir.keep();
+        eprintln!("logs kept in {}", kept.display());
+    }
+    result
+}
+
+async fn soak(args: &Args, node_bin: &Path, tracker_bin: &Path, home: &Path) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(2026);
 
     let tracker_log = home.join("tracker.log");
-    let mut tracker = Command::new(&tracker_bin)
+    let mut tracker = Command::new(tracker_bin)
         .args(["127.0.0.1:0", "--ephemeral"])
         .env("HOME", home)
         .stdin(Stdio::null())
@@ -226,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
     let mut next_sample = started;
     let (mut completed, mut failed, mut corrupted_bytes) = (0u64, 0u64, 0u64);
     let mut kills = 0u64;
+    let mut hostile_failures = 0u64;
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut samples: Vec<(u64, Option<u64>, Option<u64>, u64)> = Vec::new();
     let mut get_secs: Vec<f64> = Vec::new();
@@ -295,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
                         slot.until = now + Duration::from_secs(rng.gen_range(20..90));
                         let path = paths[slot.file].to_str().context("path")?;
                         spawn(
-                            &node_bin,
+                            node_bin,
                             &["share", path, &tracker_plain, "127.0.0.1:0", "--ephemeral"],
                             home,
                             slot.log.as_path(),
@@ -306,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
                         let id = files[slot.file].0.to_string();
                         let out = slot.out.to_str().context("out path")?;
                         spawn(
-                            &node_bin,
+                            node_bin,
                             &[
                                 "get",
                                 &id,
@@ -327,7 +337,15 @@ async fn main() -> anyhow::Result<()> {
         }
         if now >= next_hostile_restart {
             hostile.clear();
-            hostile = hostile_peers(&tracker_addr, &files).await?;
+            // A restart that fails (the tracker busy, say) is counted and tried again
+            // next minute; it does not end the soak.
+            match hostile_peers(&tracker_addr, &files).await {
+                Ok(peers) => hostile = peers,
+                Err(error) => {
+                    eprintln!("hostile peers not restarted: {error:#}");
+                    hostile_failures += 1;
+                }
+            }
             next_hostile_restart = now + Duration::from_secs(60);
         }
         if now >= next_sample {
@@ -383,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("bytes corrupted: {corrupted_bytes}");
     println!("panics: {panics}");
+    println!("hostile-peer restarts that failed: {hostile_failures}");
     println!("memory (RSS, MiB) over time: minute, tracker, steady seeder, largest other peer");
     for (minute, steady, others, tracker) in &samples {
         println!(

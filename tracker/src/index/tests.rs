@@ -5,7 +5,7 @@ use super::*;
 const TTL: Duration = Duration::from_secs(90);
 
 fn index() -> FileIndex {
-    FileIndex::new(Limits::default(), TTL)
+    FileIndex::new(Limits::default(), TTL, PeerId::random(), 7)
 }
 
 fn file(data: &str, name: &str, complete: bool) -> AnnouncedFile {
@@ -35,41 +35,73 @@ fn id(data: &str) -> LookupKey {
 impl FileIndex {
     /// Panics when an invariant of the module docs does not hold.
     fn check(&self) {
+        let mut holdings = 0;
+        let mut name_bytes = 0;
         for (peer, p) in &self.peers {
-            for fid in p.files.keys() {
-                assert!(self.files[fid].holders.contains_key(peer), "holder missing");
+            for (fid, h) in &p.files {
+                assert!(
+                    self.files[fid].holders().any(|(q, _)| q == peer),
+                    "holder missing"
+                );
+                holdings += 1;
+                name_bytes += h.name.as_str().len();
             }
         }
+        assert_eq!((self.holdings, self.name_bytes), (holdings, name_bytes));
+        let mut hosts: HashMap<Prefix, usize> = HashMap::new();
+        for p in self.peers.values() {
+            if let Some(h) = p.host {
+                *hosts.entry(h.ip).or_default() += 1;
+                *hosts.entry(h.net).or_default() += 1;
+            }
+        }
+        assert_eq!(hosts, self.hosts, "host counts");
         for (fid, f) in &self.files {
-            assert!(!f.holders.is_empty(), "file without holders");
+            assert!(f.holder_count() > 0, "file without holders");
             assert!(!f.names.is_empty(), "file with holders but no name");
             assert!(f.names.len() <= MAX_NAMES_PER_FILE);
-            for peer in f.holders.keys() {
+            let mut seeding: HashSet<Option<Prefix>> = HashSet::new();
+            let mut local = 0;
+            for (peer, complete) in f.holders() {
                 assert!(self.peers[peer].files.contains_key(fid), "holding missing");
+                if complete {
+                    match self.peers[peer].host {
+                        Some(h) => {
+                            seeding.insert(Some(h.ip));
+                        }
+                        None => local += 1,
+                    }
+                }
             }
+            assert_eq!(f.seeding_hosts(), seeding.len() + local, "seeding hosts");
+            let votes: usize = f.sizes.values().sum();
+            assert_eq!(votes, f.holder_count(), "size votes");
             for (n, count) in &f.names {
                 let counted = f
-                    .holders
-                    .keys()
-                    .filter(|p| {
+                    .holders()
+                    .filter(|(p, _)| {
                         let h = &self.peers[*p].files[fid];
                         h.counted && h.name == *n
                     })
                     .count();
                 assert_eq!(*count, counted, "name count of {n}");
-                assert!(self.names[n].files.contains(fid), "name index misses {n}");
+                assert!(
+                    self.names.files(n).is_some_and(|ids| ids.contains(fid)),
+                    "name index misses {n}"
+                );
             }
         }
-        for (n, e) in &self.names {
-            assert!(!e.files.is_empty());
-            for fid in &e.files {
+        for n in self.names.names() {
+            let ids = self.names.files(n).unwrap();
+            assert!(!ids.is_empty());
+            for fid in ids {
                 assert!(self.files[fid].names.contains_key(n), "stale name {n}");
             }
         }
     }
 
     fn names_indexed(&self) -> Vec<String> {
-        self.names.keys().map(|n| n.to_string()).collect()
+        self.names.names().map(|n| n.to_string()).collect()
     }
 }
 
@@ -88,7 +120,8 @@ fn given_empty_index_when_peer_announces_then_lookup_by_id_finds_it() {
         res,
         Announced {
             new_peer: true,
-            files: 1
+            files: 1,
+            dropped_addrs: 0,
         }
     );
     let found = idx.lookup(&id("a"), 0);
@@ -111,7 +144,7 @@ fn given_registered_peer_when_it_reannounces_then_expiry_is_refreshed_and_files_
     idx.announce(peer, announce(vec![file("a", "a", false)]), t0)
         .unwrap();
     let mut again = announce(vec![file("a", "a", true), file("b", "b", true)]);
-    again.addrs = vec!["/ip4/10.0.0.1/tcp/1".parse().unwrap()];
+    again.addrs = vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()];
     let res = idx.announce(peer, again, t0 + TTL / 2).unwrap();
     assert!(!res.new_peer);
     assert_eq!(res.files, 2);
@@ -119,7 +152,10 @@ fn given_registered_peer_when_it_reannounces_then_expiry_is_refreshed_and_files_
     assert!(idx.expire(t0 + TTL).is_empty(), "refreshed at TTL/2");
     let rec = &idx.lookup(&id("a"), 0)[0];
     assert!(rec.providers[0].complete, "complete flag updated");
-    assert_eq!(rec.providers[0].addrs[0].to_string(), "/ip4/10.0.0.1/tcp/1");
+    assert_eq!(
+        rec.providers[0].addrs[0].to_string(),
+        "/ip4/127.0.0.1/tcp/1"
+    );
     assert_eq!(idx.expire(t0 + TTL + TTL / 2), vec![peer]);
     idx.check();
 }
@@ -331,11 +367,11 @@ fn given_conflicting_sizes_then_no_announce_is_refused_and_the_majority_size_is_
     idx.announce(liar_peer, announce(vec![file("b", "b", true), liar]), now)
         .unwrap();
     let id = file("a", "a", true).id;
-    let shown = |idx: &FileIndex| idx.lookup(&LookupKey::Id(id), 0)[0].size;
-    assert_eq!(shown(&idx), 1, "tie between 1 and 99: the smaller");
+    let shown = |idx: &mut FileIndex| idx.lookup(&LookupKey::Id(id), 0)[0].size;
+    assert_eq!(shown(&mut idx), 1, "tie between 1 and 99: the smaller");
     idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
         .unwrap();
-    assert_eq!(shown(&idx), 1, "two holders say 1");
+    assert_eq!(shown(&mut idx), 1, "two holders say 1");
     assert_eq!(idx.stats(), Stats { peers: 3, files: 2 });
     idx.check();
 }
@@ -346,7 +382,7 @@ fn given_peer_limit_reached_then_new_peers_are_refused_but_known_ones_refresh() 
         max_peers: 2,
         ..Limits::default()
     };
-    let mut idx = FileIndex::new(limits, TTL);
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
     let now = Instant::now();
     let first = PeerId::random();
     idx.announce(first, announce(vec![]), now).unwrap();
@@ -366,7 +402,7 @@ fn given_files_per_peer_limit_then_additive_announces_stop_at_it() {
         max_files_per_peer: 2,
         ..Limits::default()
     };
-    let mut idx = FileIndex::new(limits, TTL);
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
     let (peer, now) = (PeerId::random(), Instant::now());
     idx.announce(
         peer,
@@ -396,7 +432,7 @@ fn given_total_file_limit_then_new_files_are_refused_but_known_ones_accepted() {
         max_files: 1,
         ..Limits::default()
     };
-    let mut idx = FileIndex::new(limits, TTL);
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
     let now = Instant::now();
     idx.announce(PeerId::random(), announce(vec![file("a", "a", true)]), now)
         .unwrap();
@@ -418,7 +454,7 @@ fn given_result_limits_then_lookup_and_search_are_capped_seeders_first() {
         max_search_results: 4,
         ..Limits::default()
     };
-    let mut idx = FileIndex::new(limits, TTL);
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
     let now = Instant::now();
     for i in 0..6 {
         let files = vec![

@@ -1,0 +1,211 @@
+//! Request rate limits: token buckets per peer id and per host, with time passed in.
+//!
+//! Each bucket holds up to `burst` tokens and refills at `per_sec`; a request takes one. The
+//! maps are bounded: when one is full, buckets that have refilled completely (idle peers) are
+//! forgotten, and if that frees nothing the request is refused, so a flood of fresh identities
+//! cannot grow them.
+
+use std::{collections::HashMap, hash::Hash, time::Instant};
+
+use libp2p::PeerId;
+
+use crate::index::hosts::Prefix;
+
+/// Default requests per second per peer id.
+pub const DEFAULT_PEER_RATE: f64 = 20.0;
+/// Default burst per peer id.
+pub const DEFAULT_PEER_BURST: f64 = 60.0;
+/// Default requests per second per host (IPv4 address or IPv6 /64).
+pub const DEFAULT_HOST_RATE: f64 = 400.0;
+/// Default burst per host.
+pub const DEFAULT_HOST_BURST: f64 = 1200.0;
+/// Most buckets of each kind remembered.
+pub const MAX_BUCKETS: usize = 65_536;
+
+/// How fast requests may come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// Requests per second one peer id may make, sustained.
+    pub peer_per_sec: f64,
+    /// Requests one peer id may make at once.
+    pub peer_burst: f64,
+    /// Requests per second one host may make, all its peer ids together.
+    pub host_per_sec: f64,
+    /// Requests one host may make at once.
+    pub host_burst: f64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            peer_per_sec: DEFAULT_PEER_RATE,
+            peer_burst: DEFAULT_PEER_BURST,
+            host_per_sec: DEFAULT_HOST_RATE,
+            host_burst: DEFAULT_HOST_BURST,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct Buckets<K> {
+    per_sec: f64,
+    burst: f64,
+    map: HashMap<K, Bucket>,
+}
+
+impl<K: Hash + Eq + Copy> Buckets<K> {
+    fn new(per_sec: f64, burst: f64) -> Self {
+        Buckets {
+            per_sec,
+            burst,
+            map: HashMap::new(),
+        }
+    }
+
+    fn level(&self, b: &Bucket, now: Instant) -> f64 {
+        let secs = now.saturating_duration_since(b.at).as_secs_f64();
+        (b.tokens + secs * self.per_sec).min(self.burst)
+    }
+
+    /// The tokens `key` has at `now`, or `None` when it has no bucket and there is no room
+    /// for one (after forgetting the buckets that have refilled).
+    fn tokens(&mut self, key: K, now: Instant) -> Option<f64> {
+        if let Some(b) = self.map.get(&key) {
+            return Some(self.level(b, now));
+        }
+        if self.map.len() >= MAX_BUCKETS {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            self.map.retain(|_, b| {
+                let secs = now.saturating_duration_since(b.at).as_secs_f64();
+                (b.tokens + secs * per_sec) < burst
+            });
+            if self.map.len() >= MAX_BUCKETS {
+                return None;
+            }
+        }
+        Some(self.burst)
+    }
+
+    fn set(&mut self, key: K, tokens: f64, now: Instant) {
+        self.map.insert(key, Bucket { tokens, at: now });
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// This peer id asked too often.
+    Peer,
+    /// Its host (all its peer ids) asked too often.
+    Host,
+}
+
+/// Token buckets per peer id and per host.
+#[derive(Debug)]
+pub struct RateLimiter {
+    peers: Buckets<PeerId>,
+    hosts: Buckets<Prefix>,
+}
+
+impl RateLimiter {
+    /// Buckets as `limits` says.
+    pub fn new(limits: RateLimits) -> Self {
+        RateLimiter {
+            peers: Buckets::new(limits.peer_per_sec, limits.peer_burst),
+            hosts: Buckets::new(limits.host_per_sec, limits.host_burst),
+        }
+    }
+
+    /// Whether `peer`, connecting from `host` (`None`: not counted per host), may make a
+    /// request at `now`.
+    ///
+    /// # Errors
+    /// Which limit it passed.
+    pub fn check(
+        &mut self,
+        peer: PeerId,
+        host: Option<Prefix>,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        // Both looked at before either is charged: a refused request costs nothing.
+        let on_host = match host {
+            Some(h) => Some((h, self.hosts.tokens(h, now).ok_or(Limited::Host)?)),
+            None => None,
+        };
+        let on_peer = self.peers.tokens(peer, now).ok_or(Limited::Peer)?;
+        if on_peer < 1.0 {
+            return Err(Limited::Peer);
+        }
+        if let Some((h, tokens)) = on_host {
+            if tokens < 1.0 {
+                return Err(Limited::Host);
+            }
+            self.hosts.set(h, tokens - 1.0, now);
+        }
+        self.peers.set(peer, on_peer - 1.0, now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_its_burst_then_its_rate_and_a_host_bounds_all_its_peers() {
+        let mut rl = RateLimiter::new(RateLimits {
+            peer_per_sec: 10.0,
+            peer_burst: 5.0,
+            host_per_sec: 20.0,
+            host_burst: 8.0,
+        });
+        let t0 = Instant::now();
+        let host = Some(Prefix::V4(0xc633_6407, 32));
+        let a = PeerId::random();
+        let allowed = (0..10).filter(|_| rl.check(a, host, t0).is_ok()).count();
+        assert_eq!(allowed, 5, "the burst");
+        assert_eq!(rl.check(a, host, t0), Err(Limited::Peer));
+        let later = t0 + Duration::from_millis(100);
+        assert!(
+            rl.check(a, host, later).is_ok(),
+            "one token back after 100 ms"
+        );
+        // Fresh identities from the same host share its bucket (8, 6 taken or tried already).
+        let mut refused = None;
+        for _ in 0..10 {
+            if let Err(e) = rl.check(PeerId::random(), host, later) {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert_eq!(refused, Some(Limited::Host));
+        assert!(
+            rl.check(PeerId::random(), None, later).is_ok(),
+            "uncounted hosts pass"
+        );
+    }
+
+    #[test]
+    fn the_bucket_maps_are_bounded() {
+        let mut rl = RateLimiter::new(RateLimits::default());
+        let now = Instant::now();
+        for _ in 0..MAX_BUCKETS {
+            assert!(rl.check(PeerId::random(), None, now).is_ok());
+        }
+        assert!(rl.peers.map.len() <= MAX_BUCKETS);
+        // All are part-used: a newcomer is refused rather than growing the map...
+        assert_eq!(rl.check(PeerId::random(), None, now), Err(Limited::Peer));
+        // ...until the old ones have refilled and can be forgotten.
+        let later = now + Duration::from_secs(10);
+        assert!(rl.check(PeerId::random(), None, later).is_ok());
+        assert!(rl.peers.map.len() <= MAX_BUCKETS);
+    }
+}
