@@ -57,6 +57,11 @@ pub enum ShareError {
     /// The path is not a regular file.
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
+    /// Its name has control characters, which trackers do not index.
+    #[error(
+        "cannot share {0:?}: its name has control characters, which trackers refuse; rename it"
+    )]
+    ControlCharacters(PathBuf),
     /// Its name or size does not fit the content model.
     #[error("cannot share {path}")]
     Invalid {

@@ -41,6 +41,9 @@ pub(crate) fn hash_file(path: &Path) -> Result<(Manifest, File), ShareError> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| ShareError::NotAFile(path.to_owned()))
         .and_then(|n| FileName::new(n).map_err(invalid))?;
+    if name.as_str().chars().any(char::is_control) {
+        return Err(ShareError::ControlCharacters(path.to_owned()));
+    }
     let lengths = Lengths::for_size(meta.len()).map_err(invalid)?;
     let manifest = manifest_of(&file, name, lengths).map_err(io_err)?;
     Ok((manifest, file))

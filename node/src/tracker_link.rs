@@ -58,6 +58,9 @@ pub(crate) struct TrackerLink<W> {
     interval: Duration,
     next_announce: Option<Instant>,
     backoff: Backoff,
+    /// An announce was acknowledged over the current connection: the tracker knows us (its
+    /// relay reserves only for peers it has registered).
+    registered: bool,
 }
 
 impl<W> TrackerLink<W> {
@@ -70,6 +73,7 @@ impl<W> TrackerLink<W> {
             interval,
             next_announce: None,
             backoff: Backoff::new(MIN_REDIAL, interval),
+            registered: false,
         }
     }
 
@@ -126,6 +130,7 @@ impl<W> TrackerLink<W> {
             return None;
         }
         self.link = Link::Connected(peer);
+        self.registered = false;
         self.backoff.reset();
         Some(std::mem::take(&mut self.queued))
     }
@@ -134,6 +139,7 @@ impl<W> TrackerLink<W> {
     /// and a scheduled announce (which redials) waits the backoff, which then doubles.
     pub(crate) fn dial_failed(&mut self, now: Instant) -> Vec<W> {
         self.link = Link::Idle;
+        self.registered = false;
         if self.next_announce.is_some() {
             self.next_announce = Some(self.backoff.failed(now));
         }
@@ -147,6 +153,7 @@ impl<W> TrackerLink<W> {
     /// again after the current backoff, which redials it.
     pub(crate) fn lost(&mut self, now: Instant) {
         self.link = Link::Idle;
+        self.registered = false;
         if self.next_announce.is_some() {
             self.next_announce = Some(now + self.backoff.delay());
         }
@@ -159,9 +166,15 @@ impl<W> TrackerLink<W> {
 
     /// The tracker acknowledged an announce and named its interval.
     pub(crate) fn announced(&mut self, interval: Duration, now: Instant) {
+        self.registered = true;
         self.interval = interval;
         self.backoff.set_max(interval);
         self.next_announce = Some(now + interval);
+    }
+
+    /// Whether the tracker acknowledged an announce over the current connection.
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered && matches!(self.link, Link::Connected(_))
     }
 
     /// The announce interval in force.
@@ -256,6 +269,24 @@ mod tests {
         link.on_connected(conn, PeerId::random()).unwrap();
         link.lost(t0);
         assert!(link.tick(t0 + Duration::from_secs(1)).announce_due);
+    }
+
+    #[test]
+    fn registered_only_from_an_acknowledged_announce_until_the_connection_goes() {
+        let t0 = Instant::now();
+        let mut link: TrackerLink<u32> = TrackerLink::new(TIMEOUT, INTERVAL);
+        let conn = ConnectionId::new_unchecked(1);
+        link.dialing(conn, t0);
+        link.on_connected(conn, PeerId::random()).unwrap();
+        assert!(!link.is_registered(), "connected is not registered yet");
+        link.announced(INTERVAL, t0);
+        assert!(link.is_registered());
+        link.lost(t0);
+        assert!(!link.is_registered());
+        let conn = ConnectionId::new_unchecked(2);
+        link.dialing(conn, t0);
+        link.on_connected(conn, PeerId::random()).unwrap();
+        assert!(!link.is_registered(), "a new connection registers anew");
     }
 
     #[test]

@@ -5,11 +5,15 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the process's log subscriber, writing to stderr: `RUST_LOG` when set, else
-/// `level` (an `EnvFilter` directive); as JSON lines when `json`. Call once, from `main`.
+/// `level` (an `EnvFilter` directive); as JSON lines when `json`; coloured only when stderr is
+/// a terminal. Call once, from `main`.
 pub fn init_tracing(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only on a terminal: a log file or a shipper gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -195,6 +195,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         id,
         name,
         size: 10,
+        seeders: 1,
         providers: vec![Provider {
             peer,
             addrs: vec![addr],

@@ -110,6 +110,10 @@ pub struct FileRecord {
     pub size: u64,
     /// Peers holding it.
     pub providers: Vec<Provider>,
+    /// Distinct hosts seeding it, as the tracker counts them (by observed IP, so free
+    /// identities on one host count once); 0 from a tracker that does not say.
+    #[serde(default)]
+    pub seeders: u32,
 }
 
 /// A peer that holds a file.

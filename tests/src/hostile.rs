@@ -399,6 +399,24 @@ pub fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// A process's user + system CPU seconds so far, all threads (`/proc/<pid>/stat`).
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised name; utime and stime are the 14th and 15th in all.
+    let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    let ticks: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    Ok((utime + stime) / ticks)
+}
+
 /// Open file descriptors of a process (its sockets among them).
 pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
@@ -800,4 +818,56 @@ pub async fn reserve(
     })
     .await
     .context("neither a reservation nor a refusal within 10 s")?
+}
+
+/// A request for a [`RawHandle`]'s peer and where its answer goes.
+type RawJob = (
+    tracker::Request,
+    tokio::sync::oneshot::Sender<anyhow::Result<tracker::Response>>,
+);
+
+/// A [`RawPeer`] driven by a task of its own, so its connection stays alive (pings refused
+/// promptly) between requests. Dropping the handle ends the task and the connection.
+#[derive(Clone)]
+pub struct RawHandle {
+    /// Its peer id.
+    pub peer: PeerId,
+    jobs: tokio::sync::mpsc::Sender<RawJob>,
+}
+
+impl RawPeer {
+    /// Moves the peer onto a task of its own.
+    pub fn spawn(mut self) -> RawHandle {
+        let (jobs, mut rx) = tokio::sync::mpsc::channel::<RawJob>(4);
+        let peer = self.peer;
+        tokio::spawn(async move {
+            loop {
+                let next = futures::future::poll_fn(|cx| {
+                    if let Err(e) = self.drive(cx) {
+                        return std::task::Poll::Ready(Err(e));
+                    }
+                    rx.poll_recv(cx).map(Ok)
+                })
+                .await;
+                let Ok(Some((request, reply))) = next else {
+                    break;
+                };
+                let _ = reply.send(self.tracker(&request).await);
+            }
+        });
+        RawHandle { peer, jobs }
+    }
+}
+
+impl RawHandle {
+    /// Sends one tracker request and reads its answer.
+    pub async fn tracker(&self, request: tracker::Request) -> anyhow::Result<tracker::Response> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send((request, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the connection is gone"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the connection is gone"))?
+    }
 }

@@ -10,9 +10,10 @@ use std::{
 };
 
 use bitswarm_node::part_name;
-use bitswarm_protocols::FileId;
+use bitswarm_protocols::{tracker::AnnouncedFile, transfer, FileId, FileName, Manifest};
 use bitswarm_tests::{
-    get_cmd, make_file, run_with_timeout, share_bin, tracker_bin, Proc, Tmpfs, STEP,
+    get_cmd, hostile::HostilePeer, make_file, run_with_timeout, share_bin, tracker_bin,
+    tracker_bin_full, Proc, Tmpfs, STEP,
 };
 
 fn stderr(o: &Output) -> String {
@@ -247,22 +248,52 @@ fn a_present_file_is_not_fetched_again_and_a_different_one_is_never_replaced() -
     Ok(())
 }
 
-#[test]
-fn names_from_the_network_are_made_safe_and_printed_escaped() -> anyhow::Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_the_network_are_made_safe_and_printed_escaped() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let home = dir.path();
-    let (_tracker, tracker) = tracker_bin(home)?;
+    let (_tracker, tracker, full) = tracker_bin_full(home)?;
     let src = home.join("src");
     std::fs::create_dir_all(&src)?;
     let hidden = make_file(&src, ".bash_login", 1000, 5)?;
-    let evil = make_file(&src, "evil\x1b[2J\x1b]0;pwned\x07.txt", 2000, 6)?;
     let (_s1, hidden_id) = seed(&hidden, &tracker, home)?;
-    let (_s2, evil_id) = seed(&evil, &tracker, home)?;
+
+    // The tracker indexes no name with control characters, but a file's id covers its bytes,
+    // not its name: a peer announces an ordinary name and serves a manifest named with
+    // terminal escapes.
+    let plain = make_file(&src, "plain.txt", 2000, 6)?;
+    let data = std::fs::read(&plain)?;
+    let manifest = Manifest::of_bytes(FileName::new("evil\x1b[2J\x1b]0;pwned\x07.txt")?, &data)?;
+    let evil_id = manifest.id();
+    let wire = manifest.to_wire();
+    let piece = manifest.lengths().piece_size() as usize;
+    let announced = AnnouncedFile {
+        id: evil_id,
+        name: FileName::new("plain.txt")?,
+        size: data.len() as u64,
+        complete: true,
+    };
+    let _liar = HostilePeer::start(
+        &full,
+        vec![announced],
+        Box::new(move |request| match request {
+            transfer::Request::Manifest { .. } => Some(transfer::Response::Manifest(wire.clone())),
+            transfer::Request::Have { .. } => None,
+            transfer::Request::Piece { index, .. } => {
+                let start = (*index as usize * piece).min(data.len());
+                let end = (start + piece).min(data.len());
+                Some(transfer::Response::Piece(data[start..end].to_vec()))
+            }
+        }),
+    )
+    .await?;
 
     let out = home.join("out");
     std::fs::create_dir_all(&out)?;
     for id in [hidden_id, evil_id] {
-        let got = run_with_timeout(get_cmd(&id.to_string(), &tracker, &out, &[])?, home, STEP)?;
+        let get = get_cmd(&id.to_string(), &tracker, &out, &[])?;
+        let home = home.to_owned();
+        let got = tokio::task::spawn_blocking(move || run_with_timeout(get, &home, STEP)).await??;
         assert!(got.status.success(), "{}", stderr(&got));
         let printed = stdout(&got) + &stderr(&got);
         assert!(
@@ -276,18 +307,24 @@ fn names_from_the_network_are_made_safe_and_printed_escaped() -> anyhow::Result<
         "no hidden file, no control character in a name"
     );
     assert_eq!(id_of(&out.join("_bash_login"))?, hidden_id);
+    assert_eq!(id_of(&out.join("evil_[2J_]0;pwned_.txt"))?, evil_id);
 
-    // The tracker's names are printed escaped too.
-    let mut search = std::process::Command::new(bitswarm_tests::bin("bitswarm")?);
-    search.args(["search", "evil", &tracker]);
-    let found = run_with_timeout(search, home, STEP)?;
-    assert!(found.status.success(), "{}", stderr(&found));
+    // Sharing such a name is refused at once, with the reason.
+    let evil = make_file(&src, "evil\x1b[2J.txt", 10, 7)?;
+    let mut share = std::process::Command::new(bitswarm_tests::bin("bitswarm")?);
+    share
+        .arg("share")
+        .arg(&evil)
+        .args([tracker.as_str(), "127.0.0.1:0", "--ephemeral"]);
+    let home2 = home.to_owned();
+    let refused =
+        tokio::task::spawn_blocking(move || run_with_timeout(share, &home2, STEP)).await??;
+    assert!(!refused.status.success());
     assert!(
-        stdout(&found).contains("evil\\u{1b}[2J"),
+        stderr(&refused).contains("control characters") && !stderr(&refused).contains('\x1b'),
         "{}",
-        stdout(&found)
+        stderr(&refused)
     );
-    assert!(!stdout(&found).contains('\x1b'));
     Ok(())
 }
 

@@ -68,7 +68,11 @@ pub enum Refusal {
     #[error(transparent)]
     Index(#[from] IndexError),
     /// The peer, or its host, asked too often.
-    #[error("too many requests from this {}", match .0 { Limited::Peer => "peer", Limited::Host => "host" })]
+    #[error("{}", match .0 {
+        Limited::Peer => "too many requests from this peer",
+        Limited::Host => "too many requests from this host",
+        Limited::Searches => "too many searches on the tracker at once",
+    })]
     RateLimited(Limited),
     /// Its host has too many answers sent and not yet read.
     #[error("too many unread answers to this host")]
@@ -120,6 +124,8 @@ pub enum Event {
         new_peer: bool,
         /// Announced addresses dropped as not the peer's own.
         dropped_addrs: usize,
+        /// Announced files dropped for a name with control characters.
+        dropped_files: usize,
     },
     /// A peer withdrew one file.
     Unannounced {
@@ -371,7 +377,8 @@ impl Behaviour {
             )
         };
         let host = Host::of(origin.remote.first().copied(), self.exempt_localhost);
-        if let Err(limited) = self.rate.check(peer, host.map(|h| h.ip), now) {
+        let cost = crate::rate::cost(&request);
+        if let Err(limited) = self.rate.check(peer, host.map(|h| h.ip), cost, now) {
             return refused(Refusal::RateLimited(limited));
         }
         let refused = |error: IndexError| refused(Refusal::Index(error));
@@ -393,6 +400,7 @@ impl Behaviour {
                                 files,
                                 new_peer: done.new_peer,
                                 dropped_addrs: done.dropped_addrs,
+                                dropped_files: done.dropped_files,
                             },
                         )
                     }

@@ -24,9 +24,10 @@
 
 pub mod hosts;
 mod names;
+mod small;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -43,6 +44,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 pub use hosts::{Host, Origin, Prefix, MAX_ADDR_BYTES};
 use names::NameIndex;
+use small::{SmallMap, MAX_SIZES};
 
 /// Default [`Limits::max_peers`].
 pub const DEFAULT_MAX_PEERS: usize = 10_000;
@@ -151,9 +153,7 @@ pub enum IndexError {
     /// [`Limits::max_holdings`] or [`Limits::max_name_bytes`] would be passed.
     #[error("the index is full ({0})")]
     IndexFull(&'static str),
-    /// A file name with control characters.
-    #[error("file name {0:?} has control characters")]
-    BadName(FileName),
+
     /// The announce would register the peer for more than [`Limits::max_files_per_peer`] files.
     #[error("limit of {0} files per peer reached")]
     PeerFileLimit(usize),
@@ -171,8 +171,7 @@ impl IndexError {
         match self {
             IndexError::TooManyFiles(_)
             | IndexError::TooManyAddrs(_)
-            | IndexError::QueryTooLong(_)
-            | IndexError::BadName(_) => ErrorCode::BadRequest,
+            | IndexError::QueryTooLong(_) => ErrorCode::BadRequest,
             IndexError::PeerLimit(_)
             | IndexError::HostLimit(..)
             | IndexError::IndexFull(_)
@@ -192,6 +191,8 @@ pub struct Announced {
     pub files: usize,
     /// Announced addresses dropped (not on the observed IP, too long, a name, ...).
     pub dropped_addrs: usize,
+    /// Announced files dropped for a name with control characters.
+    pub dropped_files: usize,
 }
 
 /// One file a peer holds, as that peer announced it.
@@ -222,7 +223,7 @@ struct PeerEntry {
 #[derive(Debug)]
 struct FileEntry {
     /// Name -> number of holders whose holding counts under it; never 0.
-    names: BTreeMap<FileName, usize>,
+    names: SmallMap<FileName, usize>,
     /// Holders with every piece (indexed, for sampling in O(1) per pick).
     seeders: IndexSet<PeerId>,
     /// Holders with some pieces.
@@ -233,10 +234,8 @@ struct FileEntry {
     local_seeders: usize,
     /// When it was first announced (older files rank first among equals).
     since: Instant,
-    /// Announced size -> holders announcing it.
-    sizes: HashMap<u64, usize>,
-    /// (holders, smallest-first size): the last is the size shown.
-    by_votes: std::collections::BTreeSet<(usize, std::cmp::Reverse<u64>)>,
+    /// Announced size -> holders announcing it (at most [`MAX_SIZES`] sizes).
+    sizes: SmallMap<u64, usize>,
 }
 
 impl FileEntry {
@@ -289,15 +288,34 @@ impl FileEntry {
 
     /// Counts one more (`add`) or one fewer holder announcing `size`.
     fn vote(&mut self, size: u64, add: bool) {
-        let n = self.sizes.get(&size).copied().unwrap_or(0);
-        self.by_votes.remove(&(n, std::cmp::Reverse(size)));
-        let n = if add { n + 1 } else { n.saturating_sub(1) };
-        if n == 0 {
+        let room = self.sizes.len() < MAX_SIZES;
+        let emptied = match self.sizes.get_mut(&size) {
+            Some(n) if add => {
+                *n += 1;
+                false
+            }
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => {
+                if add && room {
+                    self.sizes.insert(size, 1);
+                }
+                false
+            }
+        };
+        if emptied {
             self.sizes.remove(&size);
-        } else {
-            self.sizes.insert(size, n);
-            self.by_votes.insert((n, std::cmp::Reverse(size)));
         }
+    }
+
+    /// The size most holders announced (the smallest among equally common ones).
+    fn shown_size(&self) -> u64 {
+        self.sizes
+            .iter()
+            .max_by_key(|(size, n)| (**n, std::cmp::Reverse(**size)))
+            .map_or(0, |(size, _)| *size)
     }
 
     fn remove_holder(&mut self, peer: &PeerId, host: Option<Host>) {
@@ -364,7 +382,7 @@ impl FileIndex {
     /// file list registers presence only. Either the whole announce is applied or nothing is.
     ///
     /// # Errors
-    /// [`IndexError::TooManyFiles`], [`IndexError::TooManyAddrs`], [`IndexError::BadName`],
+    /// [`IndexError::TooManyFiles`], [`IndexError::TooManyAddrs`],
     /// or one of the limit errors when the announce would pass a [`Limits`] bound.
     pub fn announce_from(
         &mut self,
@@ -380,12 +398,14 @@ impl FileIndex {
         if addrs.len() > MAX_ANNOUNCE_ADDRS {
             return Err(IndexError::TooManyAddrs(addrs.len()));
         }
-        if let Some(f) = files
-            .iter()
-            .find(|f| f.name.as_str().chars().any(char::is_control))
-        {
-            return Err(IndexError::BadName(f.name.clone()));
-        }
+        // A name with control characters (terminal escapes, a `\x01` to sort first) is not
+        // indexed; the rest of the announce stands.
+        let announced_files = files.len();
+        let files: Vec<AnnouncedFile> = files
+            .into_iter()
+            .filter(|f| !f.name.as_str().chars().any(char::is_control))
+            .collect();
+        let dropped_files = announced_files - files.len();
         let host = Host::of(origin.remote.first().copied(), self.limits.exempt_localhost);
         let known = self.peers.get(&peer);
         let moved = known.is_some_and(|p| p.host != host);
@@ -465,6 +485,7 @@ impl FileIndex {
             new_peer,
             files,
             dropped_addrs,
+            dropped_files,
         })
     }
 
@@ -572,17 +593,17 @@ impl FileIndex {
         let ids: Vec<(FileId, Option<FileName>)> = match key {
             LookupKey::Id(id) => vec![(*id, None)],
             LookupKey::Name(name) => {
-                let mut ids: Vec<FileId> = self
+                let mut ranked: Vec<(Rank, FileId)> = self
                     .names
                     .files(name)
                     .into_iter()
                     .flatten()
-                    .copied()
+                    .map(|id| (self.rank(id), *id))
                     .collect();
-                ids.sort_by_key(|id| self.rank(id));
-                ids.into_iter()
-                    .take(self.limits.max_lookup_files)
-                    .map(|id| (id, Some(name.clone())))
+                top(&mut ranked, self.limits.max_lookup_files);
+                ranked
+                    .into_iter()
+                    .map(|(_, id)| (id, Some(name.clone())))
                     .collect()
             }
         };
@@ -597,13 +618,12 @@ impl FileIndex {
         records
     }
 
-    /// Sort key: most seeding hosts first, then the oldest, then by id.
-    fn rank(&self, id: &FileId) -> (std::cmp::Reverse<usize>, Option<Instant>, FileId) {
+    /// Sort key: most seeding hosts first, then the oldest.
+    fn rank(&self, id: &FileId) -> Rank {
         let file = self.files.get(id);
         (
             std::cmp::Reverse(file.map_or(0, FileEntry::seeding_hosts)),
             file.map(|f| f.since),
-            *id,
         )
     }
 
@@ -622,18 +642,19 @@ impl FileIndex {
         let max = capped(limit, self.limits.max_search_results);
         let needle = query.to_lowercase();
         let mut seen = HashSet::new();
-        let mut hits: Vec<(FileId, &FileName)> = Vec::new();
+        // Each hit's rank computed once; only the best `max` are sorted.
+        let mut hits: Vec<(Rank, FileId, &FileName)> = Vec::new();
         for (name, ids) in self.names.matching(&needle) {
             for id in ids {
                 if self.files.contains_key(id) && seen.insert(*id) {
-                    hits.push((*id, name));
+                    hits.push((self.rank(id), *id, name));
                 }
             }
         }
-        hits.sort_by_key(|(id, _)| self.rank(id));
+        top(&mut hits, max);
         let mut budget = self.limits.max_reply_bytes.saturating_sub(REPLY_OVERHEAD);
         let mut found = Vec::new();
-        for (id, name) in hits.into_iter().take(max) {
+        for (_, id, name) in hits {
             let Some(file) = self.files.get(&id) else {
                 continue;
             };
@@ -681,14 +702,13 @@ impl FileIndex {
         }
         self.name_bytes += name.as_str().len();
         let file = self.files.entry(id).or_insert_with(|| FileEntry {
-            names: BTreeMap::new(),
+            names: SmallMap::default(),
             seeders: IndexSet::new(),
             leechers: IndexSet::new(),
             seeder_hosts: HashMap::new(),
             local_seeders: 0,
             since: now,
-            sizes: HashMap::new(),
-            by_votes: std::collections::BTreeSet::new(),
+            sizes: SmallMap::default(),
         });
         file.set_holder(peer, complete, host);
         if let Some(prev) = &previous {
@@ -787,10 +807,7 @@ impl FileIndex {
     /// The size most holders of `id` announced (the smallest among equally common ones), in
     /// O(1).
     fn size_of(&self, id: FileId) -> u64 {
-        self.files
-            .get(&id)
-            .and_then(|f| f.by_votes.last())
-            .map_or(0, |(_, std::cmp::Reverse(size))| *size)
+        self.files.get(&id).map_or(0, FileEntry::shown_size)
     }
 
     /// The record of `id` under `name` (or its most shared name) with up to `max` sampled
@@ -830,11 +847,13 @@ impl FileIndex {
         picker.sample(&file.seeders, true, &mut self.rng);
         picker.sample(&file.leechers, false, &mut self.rng);
         let providers = picker.out;
+        let seeders = saturating_u32(file.seeding_hosts());
         Some(FileRecord {
             id,
             name,
             size: self.size_of(id),
             providers,
+            seeders,
         })
     }
 }
@@ -948,6 +967,22 @@ fn file_waiting(
             (!h.counted).then(|| (*peer, h.name.clone()))
         })
         .collect()
+}
+
+/// How files rank in lookups by name and in searches: most seeding hosts, then the oldest.
+type Rank = (std::cmp::Reverse<usize>, Option<Instant>);
+
+/// Keeps the `n` smallest of `items`, sorted: O(len) to select, then O(n log n).
+fn top<T: Ord>(items: &mut Vec<T>, n: usize) {
+    if items.len() > n {
+        if n == 0 {
+            items.clear();
+            return;
+        }
+        items.select_nth_unstable(n - 1);
+        items.truncate(n);
+    }
+    items.sort_unstable();
 }
 
 /// `limit`, where 0 or anything above `cap` means `cap`.

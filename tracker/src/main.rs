@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context};
 use bitswarm_protocols::cli::{ctrl_c, init_tracing, raise_fd_limit, verbosity};
 use bitswarm_protocols::parse_addr;
-use bitswarm_tracker::{config, Config, RelayLimits, Tracker};
+use bitswarm_tracker::{config, config::ConnectionLimits, Config, Limits, RelayLimits, Tracker};
 use clap::{ArgAction, Parser};
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,13 @@ struct Args {
     /// Answer AutoNAT probes from peers at non-global addresses (a LAN or a test lab)
     #[arg(long)]
     autonat_private_ips: bool,
+    /// Most connections in all (each takes a file descriptor; the open-file limit is raised
+    /// to its hard limit at start)
+    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::tracker().max_connections)]
+    max_connections: u32,
+    /// Most registered peers
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_peers)]
+    max_peers: usize,
     /// More logging: -v debug, -vv trace (RUST_LOG overrides). By default every request,
     /// share and eviction is logged at info.
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
@@ -180,6 +187,14 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
         relay,
         quic: !args.no_quic,
         autonat_private_ips: args.autonat_private_ips,
+        connection_limits: ConnectionLimits {
+            max_connections: args.max_connections,
+            ..ConnectionLimits::tracker()
+        },
+        limits: Limits {
+            max_peers: args.max_peers,
+            ..Limits::default()
+        },
         ..Config::default()
     }
     .with_ttl(ttl);

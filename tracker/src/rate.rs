@@ -1,6 +1,7 @@
 //! Request rate limits: token buckets per peer id and per host, with time passed in.
 //!
-//! Each bucket holds up to `burst` tokens and refills at `per_sec`; a request takes one. The
+//! Each bucket holds up to `burst` tokens and refills at `per_sec`; a request takes its cost
+//! ([`cost`]: a search, which walks the name index, costs more than a lookup). The
 //! maps are bounded: when one is full, buckets that have refilled completely (idle peers) are
 //! forgotten, and if that frees nothing the request is refused, so a flood of fresh identities
 //! cannot grow them.
@@ -11,14 +12,21 @@ use libp2p::PeerId;
 
 use crate::index::hosts::Prefix;
 
-/// Default requests per second per peer id.
+/// Default requests per second per peer id: a peer announces every 30 s, and a downloader
+/// looks each file up every few seconds (a collection's files all at once, hence the burst).
 pub const DEFAULT_PEER_RATE: f64 = 20.0;
 /// Default burst per peer id.
-pub const DEFAULT_PEER_BURST: f64 = 60.0;
-/// Default requests per second per host (IPv4 address or IPv6 /64).
-pub const DEFAULT_HOST_RATE: f64 = 400.0;
+pub const DEFAULT_PEER_BURST: f64 = 100.0;
+/// Default requests per second per host (IPv4 address or IPv6 /64), all its peer ids
+/// together: room for many users behind one carrier-grade NAT, not for a crowd of identities.
+pub const DEFAULT_HOST_RATE: f64 = 100.0;
 /// Default burst per host.
-pub const DEFAULT_HOST_BURST: f64 = 1200.0;
+pub const DEFAULT_HOST_BURST: f64 = 300.0;
+/// Default searches per second from everyone together: what the event loop can spend on them
+/// (about a fifth of a core) while lookups go on.
+pub const DEFAULT_SEARCH_RATE: f64 = 1000.0;
+/// Tokens a search costs.
+pub const SEARCH_COST: f64 = 8.0;
 /// Most buckets of each kind remembered.
 pub const MAX_BUCKETS: usize = 65_536;
 
@@ -33,6 +41,9 @@ pub struct RateLimits {
     pub host_per_sec: f64,
     /// Requests one host may make at once.
     pub host_burst: f64,
+    /// Searches per second from everyone together (and as many at once): however many hosts
+    /// a crowd has, searching cannot take the loop from lookups.
+    pub searches_per_sec: f64,
 }
 
 impl Default for RateLimits {
@@ -42,6 +53,7 @@ impl Default for RateLimits {
             peer_burst: DEFAULT_PEER_BURST,
             host_per_sec: DEFAULT_HOST_RATE,
             host_burst: DEFAULT_HOST_BURST,
+            searches_per_sec: DEFAULT_SEARCH_RATE,
         }
     }
 }
@@ -97,6 +109,20 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
     }
 }
 
+/// Tokens a request costs: a search (a walk of up to a thousand names) eight, a lookup by
+/// name (up to 16 files) two, anything else one.
+pub fn cost(request: &bitswarm_protocols::tracker::Request) -> f64 {
+    use bitswarm_protocols::tracker::{LookupKey, Request};
+    match request {
+        Request::Search { .. } => SEARCH_COST,
+        Request::Lookup {
+            key: LookupKey::Name(_),
+            ..
+        } => 2.0,
+        _ => 1.0,
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
@@ -104,6 +130,8 @@ pub enum Limited {
     Peer,
     /// Its host (all its peer ids) asked too often.
     Host,
+    /// Everyone together searched too often.
+    Searches,
 }
 
 /// Token buckets per peer id and per host.
@@ -111,6 +139,8 @@ pub enum Limited {
 pub struct RateLimiter {
     peers: Buckets<PeerId>,
     hosts: Buckets<Prefix>,
+    /// One bucket for all searches.
+    searches: Buckets<()>,
 }
 
 impl RateLimiter {
@@ -119,11 +149,12 @@ impl RateLimiter {
         RateLimiter {
             peers: Buckets::new(limits.peer_per_sec, limits.peer_burst),
             hosts: Buckets::new(limits.host_per_sec, limits.host_burst),
+            searches: Buckets::new(limits.searches_per_sec, limits.searches_per_sec),
         }
     }
 
     /// Whether `peer`, connecting from `host` (`None`: not counted per host), may make a
-    /// request at `now`.
+    /// request costing `cost` tokens at `now`.
     ///
     /// # Errors
     /// Which limit it passed.
@@ -131,6 +162,7 @@ impl RateLimiter {
         &mut self,
         peer: PeerId,
         host: Option<Prefix>,
+        cost: f64,
         now: Instant,
     ) -> Result<(), Limited> {
         // Both looked at before either is charged: a refused request costs nothing.
@@ -139,16 +171,29 @@ impl RateLimiter {
             None => None,
         };
         let on_peer = self.peers.tokens(peer, now).ok_or(Limited::Peer)?;
-        if on_peer < 1.0 {
+        if on_peer < cost {
             return Err(Limited::Peer);
         }
-        if let Some((h, tokens)) = on_host {
+        let search = cost >= SEARCH_COST;
+        let all_searches = if search {
+            let tokens = self.searches.tokens((), now).ok_or(Limited::Searches)?;
             if tokens < 1.0 {
+                return Err(Limited::Searches);
+            }
+            Some(tokens)
+        } else {
+            None
+        };
+        if let Some((h, tokens)) = on_host {
+            if tokens < cost {
                 return Err(Limited::Host);
             }
-            self.hosts.set(h, tokens - 1.0, now);
+            self.hosts.set(h, tokens - cost, now);
         }
-        self.peers.set(peer, on_peer - 1.0, now);
+        if let Some(tokens) = all_searches {
+            self.searches.set((), tokens - 1.0, now);
+        }
+        self.peers.set(peer, on_peer - cost, now);
         Ok(())
     }
 }
@@ -166,30 +211,72 @@ mod tests {
             peer_burst: 5.0,
             host_per_sec: 20.0,
             host_burst: 8.0,
+            ..RateLimits::default()
         });
         let t0 = Instant::now();
         let host = Some(Prefix::V4(0xc633_6407, 32));
         let a = PeerId::random();
-        let allowed = (0..10).filter(|_| rl.check(a, host, t0).is_ok()).count();
+        let allowed = (0..10)
+            .filter(|_| rl.check(a, host, 1.0, t0).is_ok())
+            .count();
         assert_eq!(allowed, 5, "the burst");
-        assert_eq!(rl.check(a, host, t0), Err(Limited::Peer));
+        assert_eq!(rl.check(a, host, 1.0, t0), Err(Limited::Peer));
         let later = t0 + Duration::from_millis(100);
         assert!(
-            rl.check(a, host, later).is_ok(),
+            rl.check(a, host, 1.0, later).is_ok(),
             "one token back after 100 ms"
         );
         // Fresh identities from the same host share its bucket (8, 6 taken or tried already).
         let mut refused = None;
         for _ in 0..10 {
-            if let Err(e) = rl.check(PeerId::random(), host, later) {
+            if let Err(e) = rl.check(PeerId::random(), host, 1.0, later) {
                 refused = Some(e);
                 break;
             }
         }
         assert_eq!(refused, Some(Limited::Host));
         assert!(
-            rl.check(PeerId::random(), None, later).is_ok(),
+            rl.check(PeerId::random(), None, 1.0, later).is_ok(),
             "uncounted hosts pass"
+        );
+    }
+
+    #[test]
+    fn a_search_costs_eight_requests() {
+        let mut rl = RateLimiter::new(RateLimits {
+            peer_per_sec: 1.0,
+            peer_burst: 16.0,
+            ..RateLimits::default()
+        });
+        let t0 = Instant::now();
+        let peer = PeerId::random();
+        let search = bitswarm_protocols::tracker::Request::Search {
+            query: "x".into(),
+            limit: 1,
+        };
+        assert!(rl.check(peer, None, cost(&search), t0).is_ok());
+        assert!(rl.check(peer, None, cost(&search), t0).is_ok());
+        assert_eq!(rl.check(peer, None, cost(&search), t0), Err(Limited::Peer));
+        assert!(
+            rl.check(peer, None, 0.0, t0).is_ok(),
+            "no tokens were taken"
+        );
+    }
+
+    #[test]
+    fn searches_from_everyone_together_are_bounded() {
+        let mut rl = RateLimiter::new(RateLimits {
+            searches_per_sec: 3.0,
+            ..RateLimits::default()
+        });
+        let t0 = Instant::now();
+        let ok = (0..10)
+            .filter(|_| rl.check(PeerId::random(), None, SEARCH_COST, t0).is_ok())
+            .count();
+        assert_eq!(ok, 3, "fresh identities share the one search budget");
+        assert!(
+            rl.check(PeerId::random(), None, 1.0, t0).is_ok(),
+            "lookups are not held back"
         );
     }
 
@@ -198,14 +285,17 @@ mod tests {
         let mut rl = RateLimiter::new(RateLimits::default());
         let now = Instant::now();
         for _ in 0..MAX_BUCKETS {
-            assert!(rl.check(PeerId::random(), None, now).is_ok());
+            assert!(rl.check(PeerId::random(), None, 1.0, now).is_ok());
         }
         assert!(rl.peers.map.len() <= MAX_BUCKETS);
         // All are part-used: a newcomer is refused rather than growing the map...
-        assert_eq!(rl.check(PeerId::random(), None, now), Err(Limited::Peer));
+        assert_eq!(
+            rl.check(PeerId::random(), None, 1.0, now),
+            Err(Limited::Peer)
+        );
         // ...until the old ones have refilled and can be forgotten.
         let later = now + Duration::from_secs(10);
-        assert!(rl.check(PeerId::random(), None, later).is_ok());
+        assert!(rl.check(PeerId::random(), None, 1.0, later).is_ok());
         assert!(rl.peers.map.len() <= MAX_BUCKETS);
     }
 }

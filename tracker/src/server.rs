@@ -301,14 +301,15 @@ impl Tracker {
                 files,
                 new_peer,
                 dropped_addrs,
+                dropped_files,
             } => {
                 let what = if new_peer {
                     "peer registered"
                 } else {
                     "announce"
                 };
-                if dropped_addrs > 0 {
-                    info!(%peer, files, dropped_addrs, "{what} (addresses not on its own IP dropped)");
+                if dropped_addrs > 0 || dropped_files > 0 {
+                    info!(%peer, files, dropped_addrs, dropped_files, "{what} (addresses not on its own IP, names with control characters dropped)");
                 } else {
                     info!(%peer, files, "{what}");
                 }

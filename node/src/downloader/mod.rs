@@ -273,23 +273,36 @@ impl DownloadState {
 
 /// The record a first lookup answers for `key`. The tracker is not trusted to answer a lookup
 /// by id with that id: records for other ids are ignored. A name that several different files
-/// share is ambiguous (the user picks one by id); no record is an unknown file.
+/// share resolves to the one seeded by the most distinct hosts when it has at least twice as
+/// many as any other (so one host's stray or hostile copy under a popular name does not make
+/// the name unusable); otherwise it is ambiguous (the user picks one by id). No record is an
+/// unknown file.
 fn choose_record(key: &LookupKey, records: Vec<FileRecord>) -> Result<FileRecord, GetError> {
     let what = || match key {
         LookupKey::Id(f) => f.to_string(),
         LookupKey::Name(n) => n.to_string(),
     };
-    let records: Vec<FileRecord> = match key {
+    let mut records: Vec<FileRecord> = match key {
         LookupKey::Id(wanted) => records.into_iter().filter(|r| r.id == *wanted).collect(),
         LookupKey::Name(_) => records,
     };
     let mut ids: Vec<FileId> = records.iter().map(|r| r.id).collect();
     ids.sort();
     ids.dedup();
-    match (records.into_iter().next(), ids.len()) {
+    // Most seeding hosts first; one record per id.
+    records.sort_by_key(|r| std::cmp::Reverse(r.seeders));
+    let mut seen = std::collections::HashSet::new();
+    records.retain(|r| seen.insert(r.id));
+    let mut records = records.into_iter();
+    match (records.next(), records.next()) {
         (None, _) => Err(GetError::UnknownFile(what())),
-        (Some(record), 1) => Ok(record),
-        (Some(_), _) => Err(GetError::Ambiguous { name: what(), ids }),
+        (Some(record), None) => Ok(record),
+        (Some(first), Some(second))
+            if first.seeders > 0 && first.seeders >= second.seeders.saturating_mul(2) =>
+        {
+            Ok(first)
+        }
+        (Some(_), Some(_)) => Err(GetError::Ambiguous { name: what(), ids }),
     }
 }
 

@@ -203,6 +203,7 @@ fn record(m: &Manifest, providers: &[PeerId]) -> FileRecord {
                 complete: true,
             })
             .collect(),
+        seeders: providers.len() as u32,
     }
 }
 
@@ -420,6 +421,7 @@ fn a_hostile_collection_produces_no_file_action() {
         name: FileName::new("pack").unwrap(),
         size: 10,
         providers: vec![],
+        seeders: 0,
     };
     let mut w = World::new();
     w.connect(liar);
@@ -662,4 +664,29 @@ fn a_second_download_of_the_same_file_is_refused_while_the_first_runs() {
     let (id2, mut rx2) = w.start(LookupKey::Id(m.id()));
     w.call(|d, cx| d.on_lookup(cx, id2, vec![record(&m, &providers)]));
     assert!(matches!(rx2.try_recv(), Ok(Err(GetError::Busy(_)))));
+}
+
+#[test]
+fn a_name_resolves_to_the_file_most_hosts_seed_unless_another_comes_close() {
+    let rec = |data: &[u8], seeders| FileRecord {
+        id: FileId::of(data),
+        name: FileName::new("song.ogg").unwrap(),
+        size: 1,
+        providers: vec![],
+        seeders,
+    };
+    let key = LookupKey::Name(FileName::new("song.ogg").unwrap());
+    // The file six hosts seed, and a stray (or hostile) copy from one host.
+    let chosen = choose_record(&key, vec![rec(b"stray", 1), rec(b"real", 6)]).unwrap();
+    assert_eq!(chosen.id, FileId::of(b"real"));
+    // Two files about as widely seeded under one name: the user must pick by id.
+    assert!(matches!(
+        choose_record(&key, vec![rec(b"a", 3), rec(b"b", 2)]),
+        Err(GetError::Ambiguous { .. })
+    ));
+    // A tracker that does not count seeders: ambiguous, as before.
+    assert!(matches!(
+        choose_record(&key, vec![rec(b"a", 0), rec(b"b", 0)]),
+        Err(GetError::Ambiguous { .. })
+    ));
 }

@@ -84,6 +84,9 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     tracker_addr: Option<Multiaddr>,
     tracker: TrackerLink<TrackerWaiter>,
     tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
+    /// The tracker dial in progress takes a fresh port: the listening port's connection to the
+    /// tracker (from an earlier process on this port) was still in TIME_WAIT.
+    tracker_fresh_port: bool,
     nat: NatState,
     connections: Connections,
     listen_addrs: Vec<Multiaddr>,
@@ -129,6 +132,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             commands,
             events,
             tracker_addr: config.tracker.clone(),
+            tracker_fresh_port: false,
             config,
             tasks: JoinSet::new(),
             tracker,
@@ -436,7 +440,15 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
                 if self.tracker.is_dial(connection_id) {
-                    self.tracker_dial_failed(tracker::dial_error_summary(&error));
+                    if !self.tracker_fresh_port && tracker::address_in_use(&error) {
+                        // Port reuse met a TIME_WAIT: the same dial from a fresh port.
+                        debug!("the listening port's way to the tracker is in use; dialing from a fresh port");
+                        self.tracker_fresh_port = true;
+                        self.dial_tracker();
+                    } else {
+                        self.tracker_fresh_port = false;
+                        self.tracker_dial_failed(tracker::dial_error_summary(&error));
+                    }
                 } else if let Some(peer) = peer_id {
                     let why = tracker::dial_error_summary(&error);
                     self.drive(|d, cx| d.on_dial_failed(cx, peer, &why));

@@ -71,7 +71,13 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
     /// Reserves a slot at the tracker's relay if this node needs one and has none.
     pub(super) fn ensure_reservation(&mut self) {
-        let tracker = self.tracker.connected().zip(self.tracker_addr.as_ref());
+        // Only once the tracker has acknowledged an announce over this connection: its relay
+        // reserves only for peers it has registered.
+        let tracker = self
+            .tracker
+            .connected()
+            .filter(|_| self.tracker.is_registered())
+            .zip(self.tracker_addr.as_ref());
         let wanted = self
             .nat
             .reservation_wanted(Instant::now(), self.registers(), tracker);

@@ -51,11 +51,24 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let Some(addr) = self.tracker_addr.clone() else {
             return;
         };
+        let fresh = self.tracker_fresh_port;
         let opts = match addr.iter().last() {
-            Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer)
-                .addresses(vec![addr.clone()])
-                .build(),
-            _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+            Some(Protocol::P2p(peer)) => {
+                let opts = DialOpts::peer_id(peer).addresses(vec![addr.clone()]);
+                if fresh {
+                    opts.allocate_new_port().build()
+                } else {
+                    opts.build()
+                }
+            }
+            _ => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone());
+                if fresh {
+                    opts.allocate_new_port().build()
+                } else {
+                    opts.build()
+                }
+            }
         };
         self.tracker.dialing(opts.connection_id(), Instant::now());
         debug!(%addr, "dialing tracker");
@@ -73,6 +86,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         let Some(queued) = self.tracker.on_connected(connection_id, peer) else {
             return;
         };
+        self.tracker_fresh_port = false;
         info!(tracker = %peer, "connected to tracker");
         // The tracker is the node's index, relay and AutoNAT server: never limited.
         self.swarm.behaviour_mut().limits.bypass(&peer);
@@ -236,6 +250,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 let interval = Duration::from_secs(u64::from(interval_secs).clamp(lo, hi));
                 self.tracker.announced(interval, Instant::now());
                 debug!(?interval, "announced");
+                self.ensure_reservation();
             }
             (TrackerWaiter::Lookup(tx), Reply::Providers(records)) => drop(tx.send(Ok(records))),
             (TrackerWaiter::Search(tx), Reply::Found(found)) => drop(tx.send(Ok(found))),
@@ -250,6 +265,27 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
 /// A one-line account of a dial failure: the innermost cause per address, not libp2p's nested,
 /// multi-line report.
+/// Whether a dial failed only because its local address (the listening port, reused) was in
+/// use: an earlier connection from that port to the same address is still in TIME_WAIT.
+pub(super) fn address_in_use(error: &DialError) -> bool {
+    fn in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::AddrInUse {
+                return true;
+            }
+            // An `io::Error` wrapping another hides it from `source`.
+            if io.get_ref().is_some_and(|inner| in_use(inner)) {
+                return true;
+            }
+        }
+        e.source().is_some_and(in_use)
+    }
+    let DialError::Transport(errors) = error else {
+        return false;
+    };
+    !errors.is_empty() && errors.iter().all(|(_, e)| in_use(e))
+}
+
 pub(super) fn dial_error_summary(error: &DialError) -> String {
     fn root(e: &dyn std::error::Error) -> String {
         let mut e = e;
@@ -267,4 +303,22 @@ pub(super) fn dial_error_summary(error: &DialError) -> String {
         other => root(other),
     };
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::TransportError;
+
+    use super::*;
+
+    #[test]
+    fn a_dial_that_failed_on_a_local_address_in_use_is_told_apart() {
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/7000".parse().unwrap();
+        let wrapped = std::io::Error::other(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        let in_use = DialError::Transport(vec![(addr.clone(), TransportError::Other(wrapped))]);
+        assert!(address_in_use(&in_use));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let refused = DialError::Transport(vec![(addr, TransportError::Other(refused))]);
+        assert!(!address_in_use(&refused));
+    }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use bitswarm_protocols::{FileId, FileName};
 
 /// Most names one search looks at.
-pub(super) const MAX_CANDIDATES: usize = 4096;
+pub(super) const MAX_CANDIDATES: usize = 512;
 
 #[derive(Debug)]
 struct NameEntry {

@@ -75,8 +75,8 @@ impl FileIndex {
             }
             assert_eq!(f.seeding_hosts(), seeding.len() + local, "seeding hosts");
             let votes: usize = f.sizes.values().sum();
-            assert_eq!(votes, f.holder_count(), "size votes");
-            for (n, count) in &f.names {
+            assert!(votes <= f.holder_count(), "size votes");
+            for (n, count) in f.names.iter() {
                 let counted = f
                     .holders()
                     .filter(|(p, _)| {
@@ -122,6 +122,7 @@ fn given_empty_index_when_peer_announces_then_lookup_by_id_finds_it() {
             new_peer: true,
             files: 1,
             dropped_addrs: 0,
+            dropped_files: 0,
         }
     );
     let found = idx.lookup(&id("a"), 0);
@@ -473,4 +474,263 @@ fn given_result_limits_then_lookup_and_search_are_capped_seeders_first() {
     assert_eq!(idx.search("", 0).unwrap().len(), 4);
     assert_eq!(idx.search("", 1).unwrap().len(), 1);
     idx.check();
+}
+
+fn from(ip: &str) -> Origin {
+    Origin::new(ip.parse().unwrap(), "203.0.113.1".parse().unwrap())
+}
+
+fn addr_on(ip: &str, port: u16) -> Vec<Multiaddr> {
+    vec![format!("/ip4/{ip}/tcp/{port}").parse().unwrap()]
+}
+
+#[test]
+fn files_whose_names_have_control_characters_are_left_out_of_an_announce() {
+    let mut idx = index();
+    let done = idx
+        .announce(
+            PeerId::random(),
+            announce(vec![
+                file("a", "\u{1}aaa-first", true),
+                file("b", "evil\u{1b}[2J.txt", true),
+                file("c", "fine.txt", true),
+            ]),
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!((done.files, done.dropped_files), (1, 2));
+    assert!(idx.lookup(&id("a"), 0).is_empty());
+    assert_eq!(idx.lookup(&id("c"), 0).len(), 1);
+    assert_eq!(idx.search("", 0).unwrap().len(), 1);
+    idx.check();
+}
+
+#[test]
+fn registrations_are_capped_per_host_and_per_subnet_and_freed_when_peers_leave() {
+    let limits = Limits {
+        max_peers_per_host: 2,
+        max_peers_per_subnet: 3,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
+    let now = Instant::now();
+    let reg = |idx: &mut FileIndex, peer, ip: &str| {
+        let a = Announce {
+            files: vec![],
+            addrs: addr_on(ip, 1),
+        };
+        idx.announce_from(peer, a, &from(ip), now)
+    };
+    let first = PeerId::random();
+    reg(&mut idx, first, "198.51.100.7").unwrap();
+    reg(&mut idx, PeerId::random(), "198.51.100.7").unwrap();
+    let err = reg(&mut idx, PeerId::random(), "198.51.100.7").unwrap_err();
+    assert_eq!(err, IndexError::HostLimit(2, "host"));
+    assert_eq!(err.code(), ErrorCode::LimitReached);
+    reg(&mut idx, PeerId::random(), "198.51.100.8").unwrap();
+    let err = reg(&mut idx, PeerId::random(), "198.51.100.9").unwrap_err();
+    assert_eq!(err, IndexError::HostLimit(3, "subnet"));
+    // A known peer re-announces; another subnet is free; leaving frees a slot.
+    reg(&mut idx, first, "198.51.100.7").unwrap();
+    reg(&mut idx, PeerId::random(), "198.51.101.1").unwrap();
+    idx.remove_peer(first);
+    reg(&mut idx, PeerId::random(), "198.51.100.9").unwrap();
+    idx.check();
+}
+
+#[test]
+fn holdings_and_name_bytes_are_capped_in_all() {
+    let limits = Limits {
+        max_holdings: 3,
+        max_name_bytes: 1000,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
+    let now = Instant::now();
+    idx.announce(
+        PeerId::random(),
+        announce(vec![file("a", "a", true), file("b", "b", true)]),
+        now,
+    )
+    .unwrap();
+    let err = idx
+        .announce(
+            PeerId::random(),
+            announce(vec![file("c", "c", true), file("d", "d", true)]),
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(err, IndexError::IndexFull("holdings"));
+    let long = "n".repeat(255);
+    let limits = Limits {
+        max_name_bytes: 300,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
+    idx.announce(
+        PeerId::random(),
+        announce(vec![file("a", &long, true)]),
+        now,
+    )
+    .unwrap();
+    let err = idx
+        .announce(
+            PeerId::random(),
+            announce(vec![file("b", &long, true)]),
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(err, IndexError::IndexFull("name bytes"));
+    idx.check();
+}
+
+#[test]
+fn addresses_not_on_the_observed_ip_are_dropped_and_reported() {
+    let mut idx = index();
+    let peer = PeerId::random();
+    let a = Announce {
+        files: vec![file("a", "a", true)],
+        addrs: vec![
+            "/ip4/198.51.100.7/tcp/4001".parse().unwrap(),
+            "/ip4/192.0.2.99/tcp/80".parse().unwrap(),
+        ],
+    };
+    let done = idx
+        .announce_from(peer, a, &from("198.51.100.7"), Instant::now())
+        .unwrap();
+    assert_eq!(done.dropped_addrs, 1);
+    let rec = &idx.lookup(&id("a"), 0)[0];
+    assert_eq!(rec.providers[0].addrs.len(), 1);
+    assert_eq!(
+        rec.providers[0].addrs[0].to_string(),
+        "/ip4/198.51.100.7/tcp/4001"
+    );
+}
+
+#[test]
+fn a_lookup_samples_holders_at_random_with_few_per_host_and_seeders_first() {
+    let mut idx = index();
+    let now = Instant::now();
+    // 40 seeders on one /24 (10 per address), and 10 seeders and 5 leechers elsewhere.
+    for i in 0..40 {
+        let ip = format!("198.51.100.{}", i % 4);
+        let a = Announce {
+            files: vec![file("hot", "hot", true)],
+            addrs: addr_on(&ip, 1000 + i),
+        };
+        idx.announce_from(PeerId::random(), a, &from(&ip), now)
+            .unwrap();
+    }
+    let mut honest = HashSet::new();
+    for i in 0..15u16 {
+        let ip = format!("10.{i}.0.1");
+        let peer = PeerId::random();
+        let a = Announce {
+            files: vec![file("hot", "hot", i < 10)],
+            addrs: addr_on(&ip, 1),
+        };
+        idx.announce_from(peer, a, &from(&ip), now).unwrap();
+        honest.insert(peer);
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let rec = &idx.lookup(&id("hot"), 12)[0];
+        assert_eq!(rec.providers.len(), 12);
+        let crowd = rec
+            .providers
+            .iter()
+            .filter(|p| !honest.contains(&p.peer))
+            .count();
+        assert!(crowd <= 4, "{crowd} from one /24");
+        let first_leecher = rec.providers.iter().position(|p| !p.complete);
+        if let Some(i) = first_leecher {
+            assert!(
+                rec.providers[i..].iter().all(|p| !p.complete),
+                "seeders first"
+            );
+        }
+        seen.extend(rec.providers.iter().map(|p| p.peer));
+        assert_eq!(
+            rec.seeders, 14,
+            "4 hosts of the crowd and 10 honest ones seed it"
+        );
+    }
+    assert!(
+        seen.len() > 20,
+        "the sample varies: {} peers seen",
+        seen.len()
+    );
+    idx.check();
+}
+
+#[test]
+fn a_reply_is_built_within_its_byte_budget() {
+    let limits = Limits {
+        max_reply_bytes: 4096,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
+    let now = Instant::now();
+    for i in 0..50u16 {
+        let ip = format!("10.{i}.0.1");
+        let addrs = (0..16)
+            .map(|k| format!("/ip4/{ip}/tcp/{}", 2000 + k).parse().unwrap())
+            .collect();
+        let a = Announce {
+            files: vec![file("big", "big", true)],
+            addrs,
+        };
+        idx.announce_from(PeerId::random(), a, &from(&ip), now)
+            .unwrap();
+    }
+    let records = idx.lookup(&id("big"), 0);
+    let response: bitswarm_protocols::tracker::Response = Ok(
+        bitswarm_protocols::tracker::Reply::Providers(records.clone()),
+    );
+    let bytes = cbor4ii::serde::to_vec(Vec::new(), &response).unwrap().len();
+    assert!(bytes <= 4096, "{bytes} bytes");
+    assert!(!records[0].providers.is_empty(), "some providers fit");
+}
+
+#[test]
+fn search_ranks_by_seeding_hosts_then_age() {
+    let mut idx = index();
+    let t0 = Instant::now();
+    let seed = |idx: &mut FileIndex, data: &str, name: &str, ip: &str, at| {
+        let a = Announce {
+            files: vec![file(data, name, true)],
+            addrs: addr_on(ip, 1),
+        };
+        idx.announce_from(PeerId::random(), a, &from(ip), at)
+            .unwrap();
+    };
+    seed(&mut idx, "old", "zz-movie.mkv", "10.0.0.1", t0);
+    seed(
+        &mut idx,
+        "new",
+        "aa-movie.mkv",
+        "10.0.1.1",
+        t0 + Duration::from_secs(1),
+    );
+    seed(
+        &mut idx,
+        "hot",
+        "mm-movie.mkv",
+        "10.0.2.1",
+        t0 + Duration::from_secs(2),
+    );
+    seed(
+        &mut idx,
+        "hot",
+        "mm-movie.mkv",
+        "10.0.3.1",
+        t0 + Duration::from_secs(2),
+    );
+    let names: Vec<String> = idx
+        .search("movie", 0)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    assert_eq!(names, ["mm-movie.mkv", "zz-movie.mkv", "aa-movie.mkv"]);
 }
