@@ -33,8 +33,8 @@ use libp2p::{
     multiaddr::Protocol,
     request_response::{self, InboundRequestId, ProtocolSupport},
     swarm::{
-        behaviour::ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour,
-        THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        behaviour::ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
+        NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
     },
     Multiaddr, PeerId,
 };
@@ -505,12 +505,22 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id,
-            connection_id,
-            ..
-        }) = event
-        {
+        // A connection closed, or refused by a behaviour after this one recorded it (the swarm
+        // reports that as a listen failure, never as closed).
+        let gone = match &event {
+            FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            }) => Some((*peer_id, *connection_id)),
+            FromSwarm::ListenFailure(ListenFailure {
+                peer_id: Some(peer_id),
+                connection_id,
+                ..
+            }) => Some((*peer_id, *connection_id)),
+            _ => None,
+        };
+        if let Some((peer_id, connection_id)) = gone {
             if let Some(conns) = self.connections.get_mut(&peer_id) {
                 conns.retain(|(c, _, _)| *c != connection_id);
                 if conns.is_empty() {

@@ -63,6 +63,10 @@ pub const DEFAULT_MAX_SEARCH_RESULTS: usize = 100;
 pub const DEFAULT_MAX_PEERS_PER_HOST: usize = 32;
 /// Default [`Limits::max_peers_per_subnet`].
 pub const DEFAULT_MAX_PEERS_PER_SUBNET: usize = 128;
+/// Default [`Limits::max_holdings_per_host`]: one host cannot fill the index on its own.
+pub const DEFAULT_MAX_HOLDINGS_PER_HOST: usize = 16_384;
+/// Default [`Limits::max_holdings_per_subnet`].
+pub const DEFAULT_MAX_HOLDINGS_PER_SUBNET: usize = 65_536;
 /// Default [`Limits::max_holdings`].
 pub const DEFAULT_MAX_HOLDINGS: usize = 1_000_000;
 /// Default [`Limits::max_name_bytes`].
@@ -73,6 +77,9 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 1 << 20;
 pub const DEFAULT_LOOKUP_PER_HOST: usize = 2;
 /// Default [`Limits::lookup_per_subnet`].
 pub const DEFAULT_LOOKUP_PER_SUBNET: usize = 4;
+/// Most files under one name that a lookup by name ranks (the work of one lookup is bounded;
+/// past this, a name is shared by more files than anyone can choose among).
+pub const MAX_FILES_RANKED: usize = 512;
 /// Most distinct names indexed for one file. Further names are kept with the holder and
 /// indexed when a slot frees up.
 pub const MAX_NAMES_PER_FILE: usize = 8;
@@ -98,6 +105,10 @@ pub struct Limits {
     pub max_peers_per_subnet: usize,
     /// Most holdings (peer, file) in all.
     pub max_holdings: usize,
+    /// Most holdings of the peers of one host.
+    pub max_holdings_per_host: usize,
+    /// Most holdings of the peers of one subnet.
+    pub max_holdings_per_subnet: usize,
     /// Most bytes of names held in all (each holding's name counts).
     pub max_name_bytes: usize,
     /// Most encoded bytes of one lookup or search reply.
@@ -123,6 +134,8 @@ impl Default for Limits {
             max_peers_per_host: DEFAULT_MAX_PEERS_PER_HOST,
             max_peers_per_subnet: DEFAULT_MAX_PEERS_PER_SUBNET,
             max_holdings: DEFAULT_MAX_HOLDINGS,
+            max_holdings_per_host: DEFAULT_MAX_HOLDINGS_PER_HOST,
+            max_holdings_per_subnet: DEFAULT_MAX_HOLDINGS_PER_SUBNET,
             max_name_bytes: DEFAULT_MAX_NAME_BYTES,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             lookup_per_host: DEFAULT_LOOKUP_PER_HOST,
@@ -207,6 +220,9 @@ struct Holding {
     /// whose tree shape fixes the size), so the index reports what most holders say rather than
     /// letting the first announcer's claim lock out everyone else.
     size: u64,
+    /// Whether `size` got a vote (false when the file had [`MAX_SIZES`] other sizes), so
+    /// that leaving takes back only a vote that was given.
+    voted: bool,
 }
 
 #[derive(Debug)]
@@ -286,25 +302,26 @@ impl FileEntry {
         }
     }
 
-    /// Counts one more (`add`) or one fewer holder announcing `size`.
-    fn vote(&mut self, size: u64, add: bool) {
-        let room = self.sizes.len() < MAX_SIZES;
-        let emptied = match self.sizes.get_mut(&size) {
-            Some(n) if add => {
-                *n += 1;
-                false
-            }
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n == 0
-            }
-            None => {
-                if add && room {
-                    self.sizes.insert(size, 1);
-                }
-                false
-            }
-        };
+    /// Counts one more holder announcing `size`; false when it could not be counted (the
+    /// file has [`MAX_SIZES`] other sizes).
+    fn vote(&mut self, size: u64) -> bool {
+        if let Some(n) = self.sizes.get_mut(&size) {
+            *n += 1;
+            return true;
+        }
+        if self.sizes.len() >= MAX_SIZES {
+            return false;
+        }
+        self.sizes.insert(size, 1);
+        true
+    }
+
+    /// Takes back a vote for `size` given by [`FileEntry::vote`].
+    fn unvote(&mut self, size: u64) {
+        let emptied = self.sizes.get_mut(&size).is_some_and(|n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
         if emptied {
             self.sizes.remove(&size);
         }
@@ -338,6 +355,8 @@ pub struct FileIndex {
     names: NameIndex,
     /// Registered peers per host and per subnet prefix.
     hosts: HashMap<Prefix, usize>,
+    /// Holdings of the peers per host and per subnet prefix.
+    host_holdings: HashMap<Prefix, usize>,
     /// Holdings in all, and the bytes of their names.
     holdings: usize,
     name_bytes: usize,
@@ -357,6 +376,7 @@ impl FileIndex {
             files: HashMap::new(),
             names: NameIndex::default(),
             hosts: HashMap::new(),
+            host_holdings: HashMap::new(),
             holdings: 0,
             name_bytes: 0,
             rng: StdRng::seed_from_u64(seed),
@@ -406,6 +426,18 @@ impl FileIndex {
             .filter(|f| !f.name.as_str().chars().any(char::is_control))
             .collect();
         let dropped_files = announced_files - files.len();
+        // One entry per id, the last one given (as applying them in order would leave), so the
+        // checks below count exactly what is applied.
+        let mut last: HashMap<FileId, usize> = HashMap::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
+            last.insert(f.id, i);
+        }
+        let files: Vec<AnnouncedFile> = files
+            .into_iter()
+            .enumerate()
+            .filter(|(i, f)| last.get(&f.id) == Some(i))
+            .map(|(_, f)| f)
+            .collect();
         let host = Host::of(origin.remote.first().copied(), self.limits.exempt_localhost);
         let known = self.peers.get(&peer);
         let moved = known.is_some_and(|p| p.host != host);
@@ -427,33 +459,55 @@ impl FileIndex {
             }
         }
         // Check everything before changing anything.
-        let mut seen = HashSet::with_capacity(files.len());
         let (mut new_for_peer, mut new_in_index) = (0, 0);
         let mut bytes_delta: isize = 0;
         for f in &files {
-            if seen.insert(f.id) {
-                let before = known.and_then(|p| p.files.get(&f.id));
-                if before.is_none() {
-                    new_for_peer += 1;
-                }
-                let old_len = before.map_or(0, |h| h.name.as_str().len());
-                bytes_delta += f.name.as_str().len() as isize - old_len as isize;
-                if !self.files.contains_key(&f.id) {
-                    new_in_index += 1;
-                }
+            let before = known.and_then(|p| p.files.get(&f.id));
+            if before.is_none() {
+                new_for_peer += 1;
+            }
+            let old_len = before.map_or(0, |h| h.name.as_str().len());
+            bytes_delta += f.name.as_str().len() as isize - old_len as isize;
+            if !self.files.contains_key(&f.id) {
+                new_in_index += 1;
             }
         }
         let held = known.map_or(0, |p| p.files.len());
         if held + new_for_peer > self.limits.max_files_per_peer {
             return Err(IndexError::PeerFileLimit(self.limits.max_files_per_peer));
         }
-        if self.files.len() + new_in_index > self.limits.max_files {
+        // Only what an announce adds is checked against the totals: a refresh that adds
+        // nothing always passes.
+        if new_in_index > 0 && self.files.len() + new_in_index > self.limits.max_files {
             return Err(IndexError::FileLimit(self.limits.max_files));
         }
-        if self.holdings + new_for_peer > self.limits.max_holdings {
+        if new_for_peer > 0 && self.holdings + new_for_peer > self.limits.max_holdings {
             return Err(IndexError::IndexFull("holdings"));
         }
-        if self.name_bytes.saturating_add_signed(bytes_delta) > self.limits.max_name_bytes {
+        if let Some(h) = host.filter(|_| new_for_peer > 0 || moved) {
+            // A peer moving brings all its holdings to the new host.
+            let bringing = if moved {
+                held + new_for_peer
+            } else {
+                new_for_peer
+            };
+            let on = |p| self.host_holdings.get(&p).copied().unwrap_or(0);
+            if on(h.ip) + bringing > self.limits.max_holdings_per_host {
+                return Err(IndexError::HostLimit(
+                    self.limits.max_holdings_per_host,
+                    "host's holdings",
+                ));
+            }
+            if on(h.net) + bringing > self.limits.max_holdings_per_subnet {
+                return Err(IndexError::HostLimit(
+                    self.limits.max_holdings_per_subnet,
+                    "subnet's holdings",
+                ));
+            }
+        }
+        if bytes_delta > 0
+            && self.name_bytes.saturating_add_signed(bytes_delta) > self.limits.max_name_bytes
+        {
             return Err(IndexError::IndexFull("name bytes"));
         }
 
@@ -536,6 +590,9 @@ impl FileIndex {
         }
         self.count_host(old, false);
         self.count_host(host, true);
+        let n = self.peers.get(&peer).map_or(0, |p| p.files.len());
+        count_in(&mut self.host_holdings, old, n, false);
+        count_in(&mut self.host_holdings, host, n, true);
     }
 
     /// Removes `id` from `peer`'s registrations; the peer stays registered.
@@ -593,11 +650,13 @@ impl FileIndex {
         let ids: Vec<(FileId, Option<FileName>)> = match key {
             LookupKey::Id(id) => vec![(*id, None)],
             LookupKey::Name(name) => {
+                // Bounded work: at most `MAX_FILES_RANKED` of the files under one name.
                 let mut ranked: Vec<(Rank, FileId)> = self
                     .names
                     .files(name)
                     .into_iter()
                     .flatten()
+                    .take(MAX_FILES_RANKED)
                     .map(|id| (self.rank(id), *id))
                     .collect();
                 top(&mut ranked, self.limits.max_lookup_files);
@@ -644,8 +703,14 @@ impl FileIndex {
         let mut seen = HashSet::new();
         // Each hit's rank computed once; only the best `max` are sorted.
         let mut hits: Vec<(Rank, FileId, &FileName)> = Vec::new();
-        for (name, ids) in self.names.matching(&needle) {
+        // Bounded work: at most `MAX_FILES_RANKED` files in all, however many share a name.
+        let mut examined = 0;
+        'names: for (name, ids) in self.names.matching(&needle) {
             for id in ids {
+                examined += 1;
+                if examined > MAX_FILES_RANKED {
+                    break 'names;
+                }
                 if self.files.contains_key(id) && seen.insert(*id) {
                     hits.push((self.rank(id), *id, name));
                 }
@@ -698,7 +763,10 @@ impl FileIndex {
         let previous = p.files.remove(&id);
         match &previous {
             Some(prev) => self.name_bytes -= prev.name.as_str().len().min(self.name_bytes),
-            None => self.holdings += 1,
+            None => {
+                self.holdings += 1;
+                count_in(&mut self.host_holdings, host, 1, true);
+            }
         }
         self.name_bytes += name.as_str().len();
         let file = self.files.entry(id).or_insert_with(|| FileEntry {
@@ -711,10 +779,10 @@ impl FileIndex {
             sizes: SmallMap::default(),
         });
         file.set_holder(peer, complete, host);
-        if let Some(prev) = &previous {
-            file.vote(prev.size, false);
+        if let Some(prev) = previous.as_ref().filter(|p| p.voted) {
+            file.unvote(prev.size);
         }
-        file.vote(size, true);
+        let voted = file.vote(size);
         let counted = match previous {
             Some(prev) if prev.name == name => prev.counted,
             Some(prev) => {
@@ -732,6 +800,7 @@ impl FileIndex {
                     name,
                     counted,
                     size,
+                    voted,
                 },
             );
         }
@@ -741,12 +810,15 @@ impl FileIndex {
     /// taken out of the peer.
     fn drop_holding(&mut self, peer: PeerId, host: Option<Host>, id: FileId, holding: Holding) {
         self.holdings = self.holdings.saturating_sub(1);
+        count_in(&mut self.host_holdings, host, 1, false);
         self.name_bytes = self.name_bytes.saturating_sub(holding.name.as_str().len());
         let Some(file) = self.files.get_mut(&id) else {
             return;
         };
         file.remove_holder(&peer, host);
-        file.vote(holding.size, false);
+        if holding.voted {
+            file.unvote(holding.size);
+        }
         if file.holder_count() == 0 {
             let names: Vec<FileName> = file.names.keys().cloned().collect();
             self.files.remove(&id);
@@ -967,6 +1039,24 @@ fn file_waiting(
             (!h.counted).then(|| (*peer, h.name.clone()))
         })
         .collect()
+}
+
+/// Adds (or takes) `n` to the counts of `host`'s address and subnet in `counts`.
+fn count_in(counts: &mut HashMap<Prefix, usize>, host: Option<Host>, n: usize, add: bool) {
+    let Some(h) = host else { return };
+    if n == 0 {
+        return;
+    }
+    for prefix in [h.ip, h.net] {
+        if add {
+            *counts.entry(prefix).or_default() += n;
+        } else if let Some(c) = counts.get_mut(&prefix) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                counts.remove(&prefix);
+            }
+        }
+    }
 }
 
 /// How files rank in lookups by name and in searches: most seeding hosts, then the oldest.

@@ -69,6 +69,9 @@ struct Buckets<K> {
     per_sec: f64,
     burst: f64,
     map: HashMap<K, Bucket>,
+    /// When a full map was last swept for refilled buckets (at most once a second, so a
+    /// stream of newcomers to a full map does not cost a sweep each).
+    swept: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Copy> Buckets<K> {
@@ -77,6 +80,7 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
             per_sec,
             burst,
             map: HashMap::new(),
+            swept: None,
         }
     }
 
@@ -92,11 +96,18 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
             return Some(self.level(b, now));
         }
         if self.map.len() >= MAX_BUCKETS {
-            let (per_sec, burst) = (self.per_sec, self.burst);
-            self.map.retain(|_, b| {
-                let secs = now.saturating_duration_since(b.at).as_secs_f64();
-                (b.tokens + secs * per_sec) < burst
-            });
+            let second = std::time::Duration::from_secs(1);
+            if self
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= second)
+            {
+                self.swept = Some(now);
+                let (per_sec, burst) = (self.per_sec, self.burst);
+                self.map.retain(|_, b| {
+                    let secs = now.saturating_duration_since(b.at).as_secs_f64();
+                    (b.tokens + secs * per_sec) < burst
+                });
+            }
             if self.map.len() >= MAX_BUCKETS {
                 return None;
             }

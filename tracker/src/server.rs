@@ -493,17 +493,17 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
     // Only the tracker's own peers may reserve, or open circuits (to a peer that reserved,
     // so also one of ours); a stranger's request is denied as over a limit.
     let registered = tracker.registered();
-    relay_config
-        .reservation_rate_limiters
-        .push(Box::new(move |peer, _: &Multiaddr, _| {
-            registered.contains(&peer)
-        }));
+    // First, so a stranger's refused request charges none of the per-IP budgets that users
+    // behind one address share.
+    relay_config.reservation_rate_limiters.insert(
+        0,
+        Box::new(move |peer, _: &Multiaddr, _| registered.contains(&peer)),
+    );
     let registered = tracker.registered();
-    relay_config
-        .circuit_src_rate_limiters
-        .push(Box::new(move |peer, _: &Multiaddr, _| {
-            registered.contains(&peer)
-        }));
+    relay_config.circuit_src_rate_limiters.insert(
+        0,
+        Box::new(move |peer, _: &Multiaddr, _| registered.contains(&peer)),
+    );
     if let Some(per_hour) = std::num::NonZeroU32::new(limits.circuits_per_peer_per_hour) {
         relay_config = relay_config.circuit_src_per_peer(per_hour, Duration::from_secs(3600));
     }

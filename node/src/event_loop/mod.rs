@@ -446,8 +446,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                         self.tracker_fresh_port = true;
                         self.dial_tracker();
                     } else {
-                        self.tracker_fresh_port = false;
-                        self.tracker_dial_failed(tracker::dial_error_summary(&error));
+                        let mut why = tracker::dial_error_summary(&error);
+                        if std::mem::take(&mut self.tracker_fresh_port) {
+                            why.push_str(" (from the listening port, then from a fresh one)");
+                        }
+                        self.tracker_dial_failed(why);
                     }
                 } else if let Some(peer) = peer_id {
                     let why = tracker::dial_error_summary(&error);

@@ -73,6 +73,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
         self.tracker.dialing(opts.connection_id(), Instant::now());
         debug!(%addr, "dialing tracker");
         if let Err(e) = self.swarm.dial(opts) {
+            self.tracker_fresh_port = false;
             self.tracker_dial_failed(e.to_string());
         }
     }

@@ -87,10 +87,10 @@ impl Host {
     /// `exempt_localhost`). A peer seen nowhere counts as one shared unknown host.
     pub fn of(ip: Option<IpAddr>, exempt_localhost: bool) -> Option<Host> {
         let Some(ip) = ip else {
-            let unknown = Prefix::V4(0, 0);
+            // Distinct keys for the host and the subnet, so an unknown peer counts once in each.
             return Some(Host {
-                ip: unknown,
-                net: unknown,
+                ip: Prefix::V4(0, 0),
+                net: Prefix::V6(0, 0),
             });
         };
         if exempt_localhost && is_localhost(ip) {

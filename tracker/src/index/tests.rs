@@ -56,6 +56,14 @@ impl FileIndex {
             }
         }
         assert_eq!(hosts, self.hosts, "host counts");
+        let mut held: HashMap<Prefix, usize> = HashMap::new();
+        for p in self.peers.values() {
+            if let Some(h) = p.host.filter(|_| !p.files.is_empty()) {
+                *held.entry(h.ip).or_default() += p.files.len();
+                *held.entry(h.net).or_default() += p.files.len();
+            }
+        }
+        assert_eq!(held, self.host_holdings, "holdings per host");
         for (fid, f) in &self.files {
             assert!(f.holder_count() > 0, "file without holders");
             assert!(!f.names.is_empty(), "file with holders but no name");
@@ -733,4 +741,127 @@ fn search_ranks_by_seeding_hosts_then_age() {
         .map(|h| h.name.to_string())
         .collect();
     assert_eq!(names, ["mm-movie.mkv", "zz-movie.mkv", "aa-movie.mkv"]);
+}
+
+#[test]
+fn an_announce_repeating_an_id_is_counted_as_applied_and_cannot_wedge_the_totals() {
+    let limits = Limits {
+        max_name_bytes: 400,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
+    let now = Instant::now();
+    let long = "b".repeat(255);
+    // Short first, long last: applying both leaves the long name, so the long one is what
+    // the checks count.
+    let peer = PeerId::random();
+    let twice = |id: &str| announce(vec![file(id, "a", true), file(id, &long, true)]);
+    idx.announce(peer, twice("x"), now).unwrap();
+    let err = idx.announce(PeerId::random(), twice("y"), now).unwrap_err();
+    assert_eq!(err, IndexError::IndexFull("name bytes"), "255 + 255 > 400");
+    idx.check();
+    // Never past the cap, so a refresh that adds nothing passes.
+    idx.announce(peer, announce(vec![]), now).unwrap();
+    idx.check();
+}
+
+#[test]
+fn a_holder_whose_size_got_no_vote_takes_none_back_when_it_leaves() {
+    let mut idx = index();
+    let now = Instant::now();
+    let sized = |size: u64| AnnouncedFile {
+        size,
+        ..file("f", "f", true)
+    };
+    // Eight junk sizes fill the slots; the true size 1000 then gets no vote from `late`.
+    let mut junk = Vec::new();
+    for size in 1..=8 {
+        let p = PeerId::random();
+        idx.announce(p, announce(vec![sized(size)]), now).unwrap();
+        junk.push(p);
+    }
+    let late = PeerId::random();
+    idx.announce(late, announce(vec![sized(1000)]), now)
+        .unwrap();
+    idx.remove_peer(junk[0]);
+    for _ in 0..2 {
+        idx.announce(PeerId::random(), announce(vec![sized(1000)]), now)
+            .unwrap();
+    }
+    // `late` leaving must not take one of the two honest votes (which would tie 1000 with
+    // the junk sizes, and the smallest would be shown).
+    idx.remove_peer(late);
+    let rec = &idx.lookup(&LookupKey::Id(sized(1).id), 0)[0];
+    assert_eq!(rec.size, 1000, "two votes for 1000, one for each junk size");
+    idx.check();
+}
+
+#[test]
+fn one_host_cannot_hold_more_than_its_share_of_the_index() {
+    let limits = Limits {
+        max_holdings_per_host: 3,
+        max_holdings_per_subnet: 5,
+        ..Limits::default()
+    };
+    let mut idx = FileIndex::new(limits, TTL, PeerId::random(), 7);
+    let now = Instant::now();
+    let with = |ip: &str, files: Vec<AnnouncedFile>| Announce {
+        files,
+        addrs: addr_on(ip, 1),
+    };
+    let a = PeerId::random();
+    idx.announce_from(
+        a,
+        with(
+            "198.51.100.7",
+            vec![file("1", "1", true), file("2", "2", true)],
+        ),
+        &from("198.51.100.7"),
+        now,
+    )
+    .unwrap();
+    let err = idx
+        .announce_from(
+            PeerId::random(),
+            with(
+                "198.51.100.7",
+                vec![file("3", "3", true), file("4", "4", true)],
+            ),
+            &from("198.51.100.7"),
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(err, IndexError::HostLimit(3, "host's holdings"));
+    idx.announce_from(
+        PeerId::random(),
+        with(
+            "198.51.100.8",
+            vec![file("3", "3", true), file("4", "4", true)],
+        ),
+        &from("198.51.100.8"),
+        now,
+    )
+    .unwrap();
+    let err = idx
+        .announce_from(
+            PeerId::random(),
+            with(
+                "198.51.100.9",
+                vec![file("5", "5", true), file("6", "6", true)],
+            ),
+            &from("198.51.100.9"),
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(err, IndexError::HostLimit(5, "subnet's holdings"));
+    // Leaving frees the share; moving carries it.
+    idx.remove_peer(a);
+    idx.announce_from(
+        PeerId::random(),
+        with("198.51.100.9", vec![file("5", "5", true)]),
+        &from("198.51.100.9"),
+        now,
+    )
+    .unwrap();
+    idx.check();
 }
