@@ -438,7 +438,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 peer_id,
                 error,
             } => {
-                debug!(peer = ?peer_id, %error, "dial failed");
+                debug!(peer = ?peer_id, %error, ?error, "dial failed");
                 if self.tracker.is_dial(connection_id) {
                     if !self.tracker_fresh_port && tracker::address_in_use(&error) {
                         // Port reuse met a TIME_WAIT: the same dial from a fresh port.

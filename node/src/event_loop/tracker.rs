@@ -266,8 +266,9 @@ impl<E: NetworkBehaviour> EventLoop<E> {
 
 /// A one-line account of a dial failure: the innermost cause per address, not libp2p's nested,
 /// multi-line report.
-/// Whether a dial failed only because its local address (the listening port, reused) was in
-/// use: an earlier connection from that port to the same address is still in TIME_WAIT.
+/// Whether a dial failed because, for one of its addresses, its local address (the listening
+/// port, reused) was in use: a connection from that port to the same address is still open or
+/// closing (TIME_WAIT) in this or an earlier process.
 pub(super) fn address_in_use(error: &DialError) -> bool {
     fn in_use(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -279,12 +280,19 @@ pub(super) fn address_in_use(error: &DialError) -> bool {
                 return true;
             }
         }
+        // Wrappers (`Either`, the DNS and timeout transports) pass `source` through to their
+        // inner error's source, so the `io::Error` itself may never be visited: its message
+        // (glibc's, musl's) is what remains.
+        let text = e.to_string();
+        if text.contains("Address already in use") || text.ends_with("Address in use") {
+            return true;
+        }
         e.source().is_some_and(in_use)
     }
     let DialError::Transport(errors) = error else {
         return false;
     };
-    !errors.is_empty() && errors.iter().all(|(_, e)| in_use(e))
+    errors.iter().any(|(_, e)| in_use(e))
 }
 
 pub(super) fn dial_error_summary(error: &DialError) -> String {
@@ -317,6 +325,10 @@ mod tests {
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/7000".parse().unwrap();
         let wrapped = std::io::Error::other(std::io::Error::from(std::io::ErrorKind::AddrInUse));
         let in_use = DialError::Transport(vec![(addr.clone(), TransportError::Other(wrapped))]);
+        assert!(address_in_use(&in_use));
+        // As the boxed transports report it: only the message is left of the OS error.
+        let opaque = std::io::Error::other(format!("{}", std::io::Error::from_raw_os_error(98)));
+        let in_use = DialError::Transport(vec![(addr.clone(), TransportError::Other(opaque))]);
         assert!(address_in_use(&in_use));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let refused = DialError::Transport(vec![(addr, TransportError::Other(refused))]);
