@@ -721,11 +721,6 @@ impl RawPeer {
         self.run(sent).await??;
         Ok(io)
     }
-
-    /// Keeps driving the connection for `period` (so the peer stays responsive).
-    pub async fn idle(&mut self, period: Duration) -> anyhow::Result<()> {
-        self.run(tokio::time::sleep(period)).await
-    }
 }
 
 /// A key whose peer id sorts before almost every other: its public key starts with a zero

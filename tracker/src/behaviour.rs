@@ -282,11 +282,6 @@ impl Behaviour {
         &self.index
     }
 
-    /// The index, to change (say, to register peers without the network in a benchmark).
-    pub fn index_mut(&mut self) -> &mut FileIndex {
-        &mut self.index
-    }
-
     fn push(&mut self, event: Event) {
         self.events.push_back(event);
         if let Some(waker) = self.waker.take() {
