@@ -306,18 +306,8 @@ impl Behaviour {
                     self.serve(peer, request)
                 } else {
                     // Its earlier answers are unread: a few bytes of refusal, no work.
-                    let error = Refusal::Unread;
-                    let code = error.code();
                     let from = self.origin(&peer).remote.first().copied();
-                    (
-                        Err(code),
-                        Event::RequestRefused {
-                            peer,
-                            from,
-                            code,
-                            error,
-                        },
-                    )
+                    refusal(peer, from, Refusal::Unread)
                 };
                 let bytes = crate::replies::encoded_len(&response);
                 if self.inner.send_response(channel, response).is_err() {
@@ -359,18 +349,7 @@ impl Behaviour {
         let now = Instant::now();
         let origin = self.origin(&peer);
         let from = origin.remote.first().copied();
-        let refused = |error: Refusal| {
-            let code = error.code();
-            (
-                Err(code),
-                Event::RequestRefused {
-                    peer,
-                    from,
-                    code,
-                    error,
-                },
-            )
-        };
+        let refused = |error: Refusal| refusal(peer, from, error);
         let host = Host::of(origin.remote.first().copied(), self.exempt_localhost);
         let cost = crate::rate::cost(&request);
         if let Err(limited) = self.rate.check(peer, host.map(|h| h.ip), cost, now) {
@@ -614,6 +593,20 @@ fn forward<H>(action: ToSwarm<InnerEvent, H>) -> Forward<H> {
         }
         _ => return Forward::Unknown,
     })
+}
+
+/// The answer and the event for a request from `peer` (seen at `from`) refused for `error`.
+fn refusal(peer: PeerId, from: Option<IpAddr>, error: Refusal) -> (Response, Event) {
+    let code = error.code();
+    (
+        Err(code),
+        Event::RequestRefused {
+            peer,
+            from,
+            code,
+            error,
+        },
+    )
 }
 
 /// The IP of a direct (not relayed) connection's address.

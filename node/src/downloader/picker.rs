@@ -127,15 +127,7 @@ impl PiecePicker {
         if self.missing != 0 || self.requested > ENDGAME_MAX_OUTSTANDING {
             return None;
         }
-        let piece = self.lengths.pieces().find(|p| {
-            matches!(self.state[p.as_usize()], State::Requested(k) if k < ENDGAME_COPIES)
-                && have.has(*p)
-                && !skip(*p)
-        })?;
-        if let State::Requested(k) = &mut self.state[piece.as_usize()] {
-            *k += 1;
-        }
-        Some(piece)
+        self.copy(have, skip)
     }
 
     /// A copy of a piece that is requested but not held, that `have` holds and `skip` does not
@@ -150,6 +142,12 @@ impl PiecePicker {
         if self.missing != 0 {
             return None;
         }
+        self.copy(have, skip)
+    }
+
+    /// A requested piece with fewer than [`ENDGAME_COPIES`] requests that `have` holds and
+    /// `skip` does not exclude, marked as requested once more.
+    fn copy(&mut self, have: &Bitfield, skip: impl Fn(PieceIndex) -> bool) -> Option<PieceIndex> {
         let piece = self.lengths.pieces().find(|p| {
             matches!(self.state[p.as_usize()], State::Requested(k) if k < ENDGAME_COPIES)
                 && have.has(*p)
