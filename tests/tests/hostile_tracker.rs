@@ -240,26 +240,37 @@ async fn a_search_flood_is_rate_limited_and_others_are_still_answered() -> anyho
         honest_seeder(&full, file.id).await?;
 
         let mut flooder = RawPeer::connect(&full, ip(7), Keypair::generate_ed25519()).await?;
-        let (mut answered, mut refused) = (0, 0);
+        let (mut answered, mut refused, mut cut_off) = (0, 0, false);
         let started = Instant::now();
         for i in 0..300 {
             let search = Request::Search {
                 query: format!("f{i}"),
                 limit: 100,
             };
-            match flooder.tracker(&search).await? {
-                Ok(_) => answered += 1,
-                Err(ErrorCode::LimitReached) => refused += 1,
-                Err(other) => anyhow::bail!("unexpected error {other:?}"),
+            match flooder.tracker(&search).await {
+                Ok(Ok(_)) => answered += 1,
+                Ok(Err(ErrorCode::LimitReached)) => refused += 1,
+                Ok(Err(other)) => anyhow::bail!("unexpected error {other:?}"),
+                // Past its strikes the tracker closes the connection.
+                Err(_) => {
+                    cut_off = true;
+                    break;
+                }
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        eprintln!("300 searches in {secs:.2} s: {answered} answered, {refused} refused");
-        assert!(refused > 0, "300 searches in {secs:.2} s and none refused");
+        eprintln!(
+            "searches for {secs:.2} s: {answered} answered, {refused} refused, cut off: {cut_off}"
+        );
+        assert!(refused > 0, "searches for {secs:.2} s and none refused");
         // A search costs 8 of the 100-token burst and the 20 tokens a second.
         assert!(
             f64::from(answered) <= (100.0 + 20.0 * secs) / 8.0 + 1.0,
             "{answered} answered in {secs:.2} s: more than the burst and the rate allow"
+        );
+        assert!(
+            cut_off,
+            "a flooder refused {refused} times kept its connection"
         );
 
         // Someone else searching meanwhile is answered.
@@ -274,7 +285,82 @@ async fn a_search_flood_is_rate_limited_and_others_are_still_answered() -> anyho
             Ok(Reply::Found(hits)) => assert!(hits.iter().any(|h| h.id == file.id)),
             other => anyhow::bail!("the honest search got {other:?}"),
         }
-        drop(flooder);
+        Ok(())
+    })
+    .await
+}
+
+/// Floods lookups as `peer` until the tracker closes the connection (or `max` requests):
+/// (answered, refused, closed).
+async fn flood_lookups(peer: &mut RawPeer, id: FileId, max: usize) -> (usize, usize, bool) {
+    let (mut answered, mut refused) = (0, 0);
+    for _ in 0..max {
+        let lookup = Request::Lookup {
+            key: LookupKey::Id(id),
+            limit: 50,
+        };
+        match peer.tracker(&lookup).await {
+            Ok(Ok(_)) => answered += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(_) => return (answered, refused, true),
+        }
+    }
+    (answered, refused, false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_keep_asking_past_their_limits_are_cut_off_and_then_their_host(
+) -> anyhow::Result<()> {
+    init_tracing();
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let (_tracker, plain, full) = tracker_bin_full(dir.path())?;
+        let path = make_file(dir.path(), "wanted.bin", MIB as usize, 35)?;
+        let file = wanted(&path)?;
+        let (_seeder, _) = share_bin(&path, &plain, dir.path())?;
+        honest_seeder(&full, file.id).await?;
+
+        // Identity after identity from one host floods lookups as fast as they are answered.
+        let mut first_key = None;
+        for round in 0..4 {
+            let key = Keypair::generate_ed25519();
+            first_key.get_or_insert_with(|| key.clone());
+            let mut flooder = RawPeer::connect(&full, ip(9), key).await?;
+            let (answered, refused, closed) = flood_lookups(&mut flooder, file.id, 2_000).await;
+            eprintln!("flooder {round}: {answered} answered, {refused} refused, closed: {closed}");
+            assert!(
+                closed,
+                "flooder {round} was never cut off ({refused} refused)"
+            );
+            assert!(
+                (40..=60).contains(&refused),
+                "flooder {round} cut off after {refused} refusals, not its 50 strikes"
+            );
+        }
+        // Four of its peers cut off within a minute: the host's new connections are refused
+        // before any handshake...
+        let again = RawPeer::connect(&full, ip(9), Keypair::generate_ed25519()).await;
+        assert!(again.is_err(), "a banned host completed a handshake");
+        // ...and the first flooder's id is refused from anywhere.
+        let key = first_key.ok_or_else(|| anyhow::anyhow!("no flooder ran"))?;
+        let refused_id = match RawPeer::connect(&full, ip(10), key).await {
+            Err(_) => true,
+            Ok(mut peer) => peer.tracker(&Request::Stats).await.is_err(),
+        };
+        assert!(refused_id, "a banned peer id was served");
+
+        // Another host is served as ever.
+        let mut honest = RawPeer::connect(&full, ip(11), Keypair::generate_ed25519()).await?;
+        let answer = honest
+            .tracker(&Request::Lookup {
+                key: LookupKey::Id(file.id),
+                limit: 50,
+            })
+            .await?;
+        match answer {
+            Ok(Reply::Providers(records)) => assert!(!records.is_empty()),
+            other => anyhow::bail!("the honest lookup got {other:?}"),
+        }
         Ok(())
     })
     .await

@@ -12,8 +12,11 @@
 //!
 //! It remembers the IPs each peer's connections come from and arrive on (the [`Origin`] its
 //! announces are checked against), rate-limits requests per peer and per host
-//! ([`RateLimiter`]), and keeps the set of registered peers in a [`Registered`] handle that
-//! the relay consults, so only the tracker's own peers may reserve or open circuits.
+//! ([`RateLimiter`]), disconnects peers that keep asking past those limits and keeps them (and
+//! hosts with several of them) out a while ([`Bans`]: a refused request still costs its
+//! stream, so refusing alone does not protect the loop), and keeps the set of registered peers
+//! in a [`Registered`] handle that the relay consults, so only the tracker's own peers may
+//! reserve or open circuits.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -33,15 +36,15 @@ use libp2p::{
     multiaddr::Protocol,
     request_response::{self, InboundRequestId, ProtocolSupport},
     swarm::{
-        behaviour::ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
-        NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        behaviour::ConnectionClosed, CloseConnection, ConnectionDenied, ConnectionId, FromSwarm,
+        ListenFailure, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
     },
     Multiaddr, PeerId,
 };
 
 use crate::{
     index::{Host, IndexError, Origin},
-    rate::{Limited, RateLimiter},
+    rate::{Bans, Limited, RateLimiter, Strike},
     replies::Replies,
     Config, FileIndex,
 };
@@ -87,6 +90,17 @@ impl Refusal {
             Refusal::RateLimited(_) | Refusal::Unread => ErrorCode::LimitReached,
         }
     }
+}
+
+/// Why a connection was refused before it was set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Banned {
+    /// Its host had too many peers disconnected for asking past their limits.
+    #[error("this host is refused for a while: its peers kept asking past their limits")]
+    Host,
+    /// This peer id was disconnected for asking past its limits.
+    #[error("this peer is refused for a while: it kept asking past its limits")]
+    Peer,
 }
 
 /// The peers registered at a tracker, shared with the relay (which lets only them reserve
@@ -175,6 +189,16 @@ pub enum Event {
         /// The cause.
         error: Refusal,
     },
+    /// A peer kept asking past its limits (out of strikes, see [`Bans`]): its connections
+    /// are closed and its id refused for [`crate::rate::PEER_BAN`].
+    Expelled {
+        /// The peer.
+        peer: PeerId,
+        /// Its IP, as the tracker saw it.
+        from: Option<IpAddr>,
+        /// Its host is refused new connections for [`crate::rate::HOST_BAN`] too.
+        host_banned: bool,
+    },
     /// An inbound request could not be read or answered: malformed, oversized, timed out, or
     /// its connection closed first.
     InboundFailed {
@@ -201,6 +225,9 @@ pub struct Behaviour {
     /// connection limits.
     connections: HashMap<PeerId, Vec<(ConnectionId, IpAddr, IpAddr)>>,
     rate: RateLimiter,
+    bans: Bans,
+    /// Peers to disconnect, polled out as [`ToSwarm::CloseConnection`].
+    to_close: VecDeque<PeerId>,
     /// Answers sent and not yet read.
     replies: Replies<InboundRequestId>,
     registered: Registered,
@@ -231,6 +258,8 @@ impl Behaviour {
             waker: None,
             connections: HashMap::new(),
             rate: RateLimiter::new(config.rate_limits),
+            bans: Bans::default(),
+            to_close: VecDeque::new(),
             replies: Replies::new(config.max_unread_per_host, config.max_unread_total),
             registered: Registered::default(),
             exempt_localhost: config.limits.exempt_localhost,
@@ -316,7 +345,17 @@ impl Behaviour {
                 } else {
                     self.replies.sent(request_id, host, bytes);
                 }
+                let strike = matches!(
+                    event,
+                    Event::RequestRefused {
+                        error: Refusal::RateLimited(_) | Refusal::Unread,
+                        ..
+                    }
+                );
                 self.events.push_back(event);
+                if strike {
+                    self.strike(peer, Instant::now());
+                }
             }
             request_response::Event::InboundFailure {
                 peer,
@@ -341,6 +380,20 @@ impl Behaviour {
             | request_response::Event::OutboundFailure { .. } => {
                 tracing::trace!("ignored outbound request-response event");
             }
+        }
+    }
+
+    /// Counts a refusal of `peer` at `now`; out of strikes, it is disconnected.
+    fn strike(&mut self, peer: PeerId, now: Instant) {
+        let host = self.host_of(&peer).map(|h| h.ip);
+        if let Strike::Disconnect { host_banned } = self.bans.strike(peer, host, now) {
+            let from = self.origin(&peer).remote.first().copied();
+            self.to_close.push_back(peer);
+            self.push(Event::Expelled {
+                peer,
+                from,
+                host_banned,
+            });
         }
     }
 
@@ -420,6 +473,10 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
+        let host = Host::of(direct_ip(remote_addr), self.exempt_localhost);
+        if host.is_some_and(|h| self.bans.host_banned(&h.ip, Instant::now())) {
+            return Err(ConnectionDenied::new(Banned::Host));
+        }
         self.inner
             .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
     }
@@ -431,6 +488,9 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        if self.bans.peer_banned(&peer, Instant::now()) {
+            return Err(ConnectionDenied::new(Banned::Peer));
+        }
         let handler = self.inner.handle_established_inbound_connection(
             connection_id,
             peer,
@@ -532,6 +592,12 @@ impl NetworkBehaviour for Behaviour {
     #[tracing::instrument(level = "trace", name = "tracker::Behaviour::poll", skip(self, cx))]
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
         loop {
+            if let Some(peer_id) = self.to_close.pop_front() {
+                return Poll::Ready(ToSwarm::CloseConnection {
+                    peer_id,
+                    connection: CloseConnection::All,
+                });
+            }
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ToSwarm::GenerateEvent(event));
             }

@@ -35,7 +35,7 @@ pub mod rate;
 pub mod replies;
 pub mod server;
 
-pub use behaviour::{Behaviour, Event, EvictReason, Refusal, Registered};
+pub use behaviour::{Banned, Behaviour, Event, EvictReason, Refusal, Registered};
 pub use config::{Config, RelayLimits};
 pub use error::{Error, Result};
 pub use index::{FileIndex, IndexError, Limits};

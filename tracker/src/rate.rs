@@ -6,7 +6,11 @@
 //! forgotten, and if that frees nothing the request is refused, so a flood of fresh identities
 //! cannot grow them.
 
-use std::{collections::HashMap, hash::Hash, time::Instant};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    time::{Duration, Instant},
+};
 
 use libp2p::PeerId;
 
@@ -209,6 +213,130 @@ impl RateLimiter {
     }
 }
 
+/// Strikes a peer has before it is disconnected: refusals for rate (or unread answers) beyond
+/// those given back at [`STRIKES_PER_SEC`].
+pub const STRIKE_BURST: f64 = 50.0;
+/// Strikes given back per second: a peer that asks no faster than this is never disconnected,
+/// however often it is refused (a peer behind the same NAT as a flooder keeps its connection).
+pub const STRIKES_PER_SEC: f64 = 1.0;
+/// How long a disconnected peer id is refused.
+pub const PEER_BAN: Duration = Duration::from_secs(60);
+/// Disconnections a host may have within [`HOST_KICK_WINDOW`] before its new connections are
+/// refused.
+pub const HOST_KICKS: f64 = 4.0;
+/// The window [`HOST_KICKS`] counts over.
+pub const HOST_KICK_WINDOW: Duration = Duration::from_secs(60);
+/// How long a host out of kicks has its new connections refused (its open ones are left).
+pub const HOST_BAN: Duration = Duration::from_secs(60);
+
+/// What a strike did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strike {
+    /// Counted; the peer has strikes left (or could not be counted: the map is full).
+    Counted,
+    /// The peer is out of strikes: disconnect it. Its id is refused for [`PEER_BAN`];
+    /// `host_banned` when its host is refused new connections for [`HOST_BAN`] too.
+    Disconnect {
+        /// Its host ran out of kicks.
+        host_banned: bool,
+    },
+}
+
+/// Peers that keep asking past their limits: disconnected, and kept out a while.
+///
+/// A refused request still costs the tracker its stream (yamux, multistream-select, the
+/// request-response handler, Noise framing), about what an answered one costs, so a crowd that
+/// asks far past its limits takes the event loop from honest peers although every request of
+/// it is refused. Each refusal is a strike; a peer out of strikes is disconnected (which also
+/// drops its registration) and its id refused for [`PEER_BAN`]; a host whose peers are
+/// disconnected [`HOST_KICKS`] times within [`HOST_KICK_WINDOW`] has its new connections
+/// refused for [`HOST_BAN`], before any handshake. Every map is bounded by [`MAX_BUCKETS`].
+#[derive(Debug)]
+pub struct Bans {
+    strikes: Buckets<PeerId>,
+    kicks: Buckets<Prefix>,
+    peers: Banned<PeerId>,
+    hosts: Banned<Prefix>,
+}
+
+impl Default for Bans {
+    fn default() -> Self {
+        Bans {
+            strikes: Buckets::new(STRIKES_PER_SEC, STRIKE_BURST),
+            kicks: Buckets::new(HOST_KICKS / HOST_KICK_WINDOW.as_secs_f64(), HOST_KICKS),
+            peers: Banned::default(),
+            hosts: Banned::default(),
+        }
+    }
+}
+
+impl Bans {
+    /// Counts a refused request of `peer`, connected from `host` (`None`: not counted per
+    /// host), at `now`.
+    pub fn strike(&mut self, peer: PeerId, host: Option<Prefix>, now: Instant) -> Strike {
+        let Some(left) = self.strikes.tokens(peer, now) else {
+            return Strike::Counted;
+        };
+        if left >= 2.0 {
+            self.strikes.set(peer, left - 1.0, now);
+            return Strike::Counted;
+        }
+        // Out of strikes: forget them (the ban keeps it out) and count the kick on its host.
+        self.strikes.map.remove(&peer);
+        self.peers.insert(peer, now + PEER_BAN, now);
+        let mut host_banned = false;
+        if let Some(h) = host {
+            if let Some(kicks) = self.kicks.tokens(h, now) {
+                if kicks >= 2.0 {
+                    self.kicks.set(h, kicks - 1.0, now);
+                } else {
+                    self.kicks.map.remove(&h);
+                    self.hosts.insert(h, now + HOST_BAN, now);
+                    host_banned = true;
+                }
+            }
+        }
+        Strike::Disconnect { host_banned }
+    }
+
+    /// Whether `peer` is refused at `now`.
+    pub fn peer_banned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.peers.holds(peer, now)
+    }
+
+    /// Whether new connections from `host` are refused at `now`.
+    pub fn host_banned(&self, host: &Prefix, now: Instant) -> bool {
+        self.hosts.holds(host, now)
+    }
+}
+
+/// Keys refused until a time; at most [`MAX_BUCKETS`] (when full, lapsed ones are forgotten;
+/// if none has lapsed the newcomer is not recorded).
+#[derive(Debug)]
+struct Banned<K>(HashMap<K, Instant>);
+
+impl<K> Default for Banned<K> {
+    fn default() -> Self {
+        Banned(HashMap::new())
+    }
+}
+
+impl<K: Hash + Eq> Banned<K> {
+    fn insert(&mut self, key: K, until: Instant, now: Instant) {
+        if self.0.len() >= MAX_BUCKETS && !self.0.contains_key(&key) {
+            self.0.retain(|_, t| *t > now);
+            if self.0.len() >= MAX_BUCKETS {
+                return;
+            }
+        }
+        self.0.insert(key, until);
+    }
+
+    fn holds(&self, key: &K, now: Instant) -> bool {
+        self.0.get(key).is_some_and(|t| *t > now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -308,5 +436,58 @@ mod tests {
         let later = now + Duration::from_secs(10);
         assert!(rl.check(PeerId::random(), None, 1.0, later).is_ok());
         assert!(rl.peers.map.len() <= MAX_BUCKETS);
+    }
+
+    #[test]
+    fn a_peer_refused_past_its_strikes_is_banned_and_a_host_after_several_such_peers() {
+        let mut bans = Bans::default();
+        let t0 = Instant::now();
+        let host = Some(Prefix::V4(0xc633_6407, 32));
+        let flooder = PeerId::random();
+        let strikes = (0..100)
+            .take_while(|_| bans.strike(flooder, host, t0) == Strike::Counted)
+            .count();
+        assert_eq!(
+            strikes as f64,
+            STRIKE_BURST - 1.0,
+            "the 50th strike disconnects"
+        );
+        assert!(bans.peer_banned(&flooder, t0));
+        assert!(!bans.peer_banned(&flooder, t0 + PEER_BAN), "the ban lapses");
+        assert!(!bans.host_banned(&Prefix::V4(0xc633_6407, 32), t0));
+        // More identities from the same host flooding: the fourth disconnection bans the host.
+        let mut outcomes = Vec::new();
+        for _ in 1..HOST_KICKS as usize {
+            let peer = PeerId::random();
+            outcomes.push(
+                (0..100)
+                    .map(|_| bans.strike(peer, host, t0))
+                    .find(|s| *s != Strike::Counted),
+            );
+        }
+        let host_banned = Some(Strike::Disconnect { host_banned: true });
+        assert_eq!(outcomes.last(), Some(&host_banned));
+        assert!(outcomes[..outcomes.len() - 1]
+            .iter()
+            .all(|s| *s == Some(Strike::Disconnect { host_banned: false })));
+        assert!(bans.host_banned(&Prefix::V4(0xc633_6407, 32), t0));
+        assert!(
+            !bans.host_banned(&Prefix::V4(0xc633_6408, 32), t0),
+            "only that host"
+        );
+        assert!(!bans.host_banned(&Prefix::V4(0xc633_6407, 32), t0 + HOST_BAN));
+    }
+
+    #[test]
+    fn a_peer_refused_no_faster_than_strikes_come_back_is_never_disconnected() {
+        let mut bans = Bans::default();
+        let t0 = Instant::now();
+        let peer = PeerId::random();
+        // Refused once a second for ten minutes (its host flooded by someone else).
+        for s in 0..600 {
+            let now = t0 + Duration::from_secs(s);
+            assert_eq!(bans.strike(peer, None, now), Strike::Counted, "at {s} s");
+        }
+        assert!(!bans.peer_banned(&peer, t0 + Duration::from_secs(600)));
     }
 }

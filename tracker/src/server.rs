@@ -343,6 +343,17 @@ impl Tracker {
                     info!(%peer, %error, "request refused");
                 }
             }
+            Event::Expelled {
+                peer,
+                from,
+                host_banned,
+            } => warn!(
+                %peer,
+                from = ?from,
+                host_banned,
+                "peer disconnected for asking past its limits (its id refused for a while{})",
+                if host_banned { ", and its host's new connections" } else { "" }
+            ),
             Event::InboundFailed { peer, error } => debug!(%peer, %error, "inbound request failed"),
         }
         let now = self.swarm.behaviour().tracker.stats();

@@ -142,6 +142,12 @@ struct Tally {
     ok: u64,
     limited: u64,
     other: u64,
+    /// Hostile: times the tracker closed its connection.
+    cut_off: u64,
+    /// Hostile: connections opened again with a fresh identity.
+    reconnected: u64,
+    /// Hostile: connection attempts that failed (its host refused).
+    connect_refused: u64,
 }
 
 impl Tally {
@@ -159,6 +165,9 @@ impl Tally {
         self.ok += other.ok;
         self.limited += other.limited;
         self.other += other.other;
+        self.cut_off += other.cut_off;
+        self.reconnected += other.reconnected;
+        self.connect_refused += other.connect_refused;
     }
 
     fn percentile(&mut self, p: f64) -> f64 {
@@ -348,7 +357,11 @@ async fn main() -> anyhow::Result<()> {
     let mut attackers = Vec::new();
     for (i, peer) in hostile.iter().cloned().enumerate() {
         let stop = stop.clone();
-        attackers.push(tokio::spawn(attack(peer, i, files, stop)));
+        let target = Target {
+            addr: full.clone(),
+            ip: hostile_ip(i),
+        };
+        attackers.push(tokio::spawn(attack(peer, target, i, files, stop)));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, cpu0) = usage(pid)?;
@@ -376,6 +389,10 @@ async fn main() -> anyhow::Result<()> {
         hostile_tally.limited,
         hostile_tally.other
     );
+    println!(
+        "  hostile: cut off {} times, came back as a fresh identity {} times, {} connection attempts refused",
+        hostile_tally.cut_off, hostile_tally.reconnected, hostile_tally.connect_refused
+    );
     let stats = match honest.first() {
         Some(p) => p.tracker(Request::Stats).await?,
         None => anyhow::bail!("no peer connected"),
@@ -387,10 +404,54 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a hostile peer connects to, and from.
+struct Target {
+    addr: Multiaddr,
+    ip: Ipv4Addr,
+}
+
 /// A hostile peer: announces the popular files under ground keys with a victim's addresses,
-/// then floods lookups and searches as fast as the tracker answers, until `stop`.
-async fn attack(peer: RawHandle, i: usize, files: usize, stop: Arc<AtomicBool>) -> Tally {
+/// then floods lookups and searches as fast as the tracker answers, until `stop`. When the
+/// tracker cuts it off it comes back as a fresh identity from the same address, trying again
+/// every 100 ms while the tracker refuses its host (a remote attacker's retries would cost this
+/// machine nothing; here they share its two cores, so they are paced).
+async fn attack(
+    mut peer: RawHandle,
+    target: Target,
+    i: usize,
+    files: usize,
+    stop: Arc<AtomicBool>,
+) -> Tally {
     let mut tally = Tally::default();
+    let mut rng = StdRng::seed_from_u64(i as u64);
+    while !stop.load(Ordering::Relaxed) {
+        flood(&peer, files, &mut rng, &stop, &mut tally).await;
+        tally.cut_off += 1;
+        while !stop.load(Ordering::Relaxed) {
+            match RawPeer::connect(&target.addr, target.ip, Keypair::generate_ed25519()).await {
+                Ok(fresh) => {
+                    peer = fresh.spawn();
+                    tally.reconnected += 1;
+                    break;
+                }
+                Err(_) => {
+                    tally.connect_refused += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// One identity's flood, until its connection fails or `stop`.
+async fn flood(
+    peer: &RawHandle,
+    files: usize,
+    rng: &mut StdRng,
+    stop: &AtomicBool,
+    tally: &mut Tally,
+) {
     let popular: Vec<AnnouncedFile> = (0..4).filter_map(|j| file(j).ok()).collect();
     let victim: Vec<Multiaddr> = (0..16)
         .filter_map(|k| format!("/ip4/192.0.2.{}/tcp/{}", 1 + k, 80).parse().ok())
@@ -403,7 +464,9 @@ async fn attack(peer: RawHandle, i: usize, files: usize, stop: Arc<AtomicBool>) 
         }))
         .await;
     tally.add(started.elapsed(), &answer);
-    let mut rng = StdRng::seed_from_u64(i as u64);
+    if answer.is_err() {
+        return;
+    }
     while !stop.load(Ordering::Relaxed) {
         let request = if rng.gen_bool(0.5) {
             Request::Search {
@@ -422,10 +485,9 @@ async fn attack(peer: RawHandle, i: usize, files: usize, stop: Arc<AtomicBool>) 
         let answer = peer.tracker(request).await;
         tally.add(started.elapsed(), &answer);
         if answer.is_err() {
-            break;
+            return;
         }
     }
-    tally
 }
 
 fn report(what: &str, all: &mut Tally, lookups: &mut Tally, secs: f64, cpu: f64, rss: u64) {
