@@ -28,7 +28,7 @@ use std::{
 };
 
 use bitswarm_protocols::{
-    tracker::{LookupKey, Reply, Request, Response, Stats},
+    tracker::{FileRecord, LookupKey, Reply, Request, Response, Stats},
     tracker_codec, ErrorCode, FileId, TrackerCodec, TRACKER_PROTOCOL,
 };
 use libp2p::{
@@ -309,6 +309,17 @@ impl Behaviour {
     /// The index, to inspect.
     pub fn index(&self) -> &FileIndex {
         &self.index
+    }
+
+    /// Looks `key` up as a peer's request would (a sample of its holders, seeders first),
+    /// without any rate limit: for the operator's own code.
+    pub fn lookup(&mut self, key: &LookupKey, limit: usize) -> Vec<FileRecord> {
+        self.index.lookup(key, limit)
+    }
+
+    /// The peers with a direct connection to the tracker, each once.
+    pub fn connected_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.connections.keys().copied()
     }
 
     fn push(&mut self, event: Event) {

@@ -30,6 +30,7 @@
 pub mod behaviour;
 pub mod config;
 mod error;
+pub mod extension;
 pub mod index;
 pub mod rate;
 pub mod replies;
@@ -38,6 +39,7 @@ pub mod server;
 pub use behaviour::{Banned, Behaviour, Event, EvictReason, Refusal, Registered};
 pub use config::{Config, RelayLimits};
 pub use error::{Error, Result};
+pub use extension::{ExtensionError, TrackerContext, TrackerHandle};
 pub use index::{FileIndex, IndexError, Limits};
 pub use rate::RateLimits;
 pub use server::Tracker;

@@ -216,17 +216,18 @@ impl RateLimiter {
 /// Strikes a peer has before it is disconnected: refusals for rate (or unread answers) beyond
 /// those given back at [`STRIKES_PER_SEC`].
 pub const STRIKE_BURST: f64 = 50.0;
-/// Strikes given back per second: a peer that asks no faster than this is never disconnected,
-/// however often it is refused (a peer behind the same NAT as a flooder keeps its connection).
+/// Strikes given back per second: a peer that asks no faster than this is never disconnected
+/// for its own refusals, however often it is refused.
 pub const STRIKES_PER_SEC: f64 = 1.0;
 /// How long a disconnected peer id is refused.
 pub const PEER_BAN: Duration = Duration::from_secs(60);
-/// Disconnections a host may have within [`HOST_KICK_WINDOW`] before its new connections are
-/// refused.
-pub const HOST_KICKS: f64 = 4.0;
-/// The window [`HOST_KICKS`] counts over.
-pub const HOST_KICK_WINDOW: Duration = Duration::from_secs(60);
-/// How long a host out of kicks has its new connections refused (its open ones are left).
+/// Strikes a host has, all its peer ids together, beyond those given back at
+/// [`HOST_STRIKES_PER_SEC`]: a crowd of identities each asking a little counts here.
+pub const HOST_STRIKE_BURST: f64 = 200.0;
+/// Host strikes given back per second.
+pub const HOST_STRIKES_PER_SEC: f64 = 20.0;
+/// How long a host out of strikes is refused new connections, and has each of its peers
+/// that is refused again disconnected.
 pub const HOST_BAN: Duration = Duration::from_secs(60);
 
 /// What a strike did.
@@ -234,27 +235,29 @@ pub const HOST_BAN: Duration = Duration::from_secs(60);
 pub enum Strike {
     /// Counted; the peer has strikes left (or could not be counted: the map is full).
     Counted,
-    /// The peer is out of strikes: disconnect it. Its id is refused for [`PEER_BAN`];
-    /// `host_banned` when its host is refused new connections for [`HOST_BAN`] too.
+    /// Disconnect the peer; its id is refused for [`PEER_BAN`]. `host_banned` when this strike
+    /// put its host out of strikes: it is refused new connections for [`HOST_BAN`].
     Disconnect {
-        /// Its host ran out of kicks.
+        /// Its host ran out of strikes with this one.
         host_banned: bool,
     },
 }
 
-/// Peers that keep asking past their limits: disconnected, and kept out a while.
+/// Peers and hosts that keep asking past their limits: disconnected, and kept out a while.
 ///
 /// A refused request still costs the tracker its stream (yamux, multistream-select, the
 /// request-response handler, Noise framing), about what an answered one costs, so a crowd that
 /// asks far past its limits takes the event loop from honest peers although every request of
-/// it is refused. Each refusal is a strike; a peer out of strikes is disconnected (which also
-/// drops its registration) and its id refused for [`PEER_BAN`]; a host whose peers are
-/// disconnected [`HOST_KICKS`] times within [`HOST_KICK_WINDOW`] has its new connections
-/// refused for [`HOST_BAN`], before any handshake. Every map is bounded by [`MAX_BUCKETS`].
+/// it is refused. Each refusal is a strike on the peer and on its host. A peer out of strikes
+/// is disconnected (which drops its registration) and its id refused for [`PEER_BAN`]. A host
+/// out of strikes is refused new connections for [`HOST_BAN`], before any handshake, and
+/// while it is, each of its peers that is refused again is disconnected; its peers that stay
+/// within the limits (idle seeders behind the same NAT) keep their connections. Every map is
+/// bounded by [`MAX_BUCKETS`].
 #[derive(Debug)]
 pub struct Bans {
     strikes: Buckets<PeerId>,
-    kicks: Buckets<Prefix>,
+    host_strikes: Buckets<Prefix>,
     peers: Banned<PeerId>,
     hosts: Banned<Prefix>,
 }
@@ -263,7 +266,7 @@ impl Default for Bans {
     fn default() -> Self {
         Bans {
             strikes: Buckets::new(STRIKES_PER_SEC, STRIKE_BURST),
-            kicks: Buckets::new(HOST_KICKS / HOST_KICK_WINDOW.as_secs_f64(), HOST_KICKS),
+            host_strikes: Buckets::new(HOST_STRIKES_PER_SEC, HOST_STRIKE_BURST),
             peers: Banned::default(),
             hosts: Banned::default(),
         }
@@ -274,6 +277,20 @@ impl Bans {
     /// Counts a refused request of `peer`, connected from `host` (`None`: not counted per
     /// host), at `now`.
     pub fn strike(&mut self, peer: PeerId, host: Option<Prefix>, now: Instant) -> Strike {
+        if let Some(h) = host {
+            if self.hosts.holds(&h, now) {
+                return self.disconnect(peer, now, false);
+            }
+            if let Some(left) = self.host_strikes.tokens(h, now) {
+                if left >= 2.0 {
+                    self.host_strikes.set(h, left - 1.0, now);
+                } else {
+                    self.host_strikes.map.remove(&h);
+                    self.hosts.insert(h, now + HOST_BAN, now);
+                    return self.disconnect(peer, now, true);
+                }
+            }
+        }
         let Some(left) = self.strikes.tokens(peer, now) else {
             return Strike::Counted;
         };
@@ -281,21 +298,13 @@ impl Bans {
             self.strikes.set(peer, left - 1.0, now);
             return Strike::Counted;
         }
-        // Out of strikes: forget them (the ban keeps it out) and count the kick on its host.
+        self.disconnect(peer, now, false)
+    }
+
+    fn disconnect(&mut self, peer: PeerId, now: Instant, host_banned: bool) -> Strike {
+        // Its strikes are forgotten: the ban keeps it out.
         self.strikes.map.remove(&peer);
         self.peers.insert(peer, now + PEER_BAN, now);
-        let mut host_banned = false;
-        if let Some(h) = host {
-            if let Some(kicks) = self.kicks.tokens(h, now) {
-                if kicks >= 2.0 {
-                    self.kicks.set(h, kicks - 1.0, now);
-                } else {
-                    self.kicks.map.remove(&h);
-                    self.hosts.insert(h, now + HOST_BAN, now);
-                    host_banned = true;
-                }
-            }
-        }
         Strike::Disconnect { host_banned }
     }
 
@@ -439,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_refused_past_its_strikes_is_banned_and_a_host_after_several_such_peers() {
+    fn a_peer_refused_past_its_strikes_is_banned() {
         let mut bans = Bans::default();
         let t0 = Instant::now();
         let host = Some(Prefix::V4(0xc633_6407, 32));
@@ -455,27 +464,36 @@ mod tests {
         assert!(bans.peer_banned(&flooder, t0));
         assert!(!bans.peer_banned(&flooder, t0 + PEER_BAN), "the ban lapses");
         assert!(!bans.host_banned(&Prefix::V4(0xc633_6407, 32), t0));
-        // More identities from the same host flooding: the fourth disconnection bans the host.
-        let mut outcomes = Vec::new();
-        for _ in 1..HOST_KICKS as usize {
-            let peer = PeerId::random();
-            outcomes.push(
-                (0..100)
-                    .map(|_| bans.strike(peer, host, t0))
-                    .find(|s| *s != Strike::Counted),
-            );
+    }
+
+    #[test]
+    fn a_crowd_of_identities_each_refused_a_little_bans_its_host_not_others() {
+        let mut bans = Bans::default();
+        let t0 = Instant::now();
+        let h = Prefix::V4(0xc633_6407, 32);
+        let crowd: Vec<PeerId> = (0..100).map(|_| PeerId::random()).collect();
+        // Each identity refused 3 times: none out of its own strikes.
+        let mut first_ban = None;
+        'rounds: for round in 0..3 {
+            for (i, peer) in crowd.iter().enumerate() {
+                if bans.strike(*peer, Some(h), t0) != Strike::Counted {
+                    first_ban = Some((round, i));
+                    break 'rounds;
+                }
+            }
         }
-        let host_banned = Some(Strike::Disconnect { host_banned: true });
-        assert_eq!(outcomes.last(), Some(&host_banned));
-        assert!(outcomes[..outcomes.len() - 1]
-            .iter()
-            .all(|s| *s == Some(Strike::Disconnect { host_banned: false })));
-        assert!(bans.host_banned(&Prefix::V4(0xc633_6407, 32), t0));
-        assert!(
-            !bans.host_banned(&Prefix::V4(0xc633_6408, 32), t0),
-            "only that host"
+        assert_eq!(first_ban, Some((1, 99)), "the host's 200th strike");
+        assert!(bans.host_banned(&h, t0));
+        // While the host is banned, any of its peers refused again is disconnected...
+        assert_eq!(
+            bans.strike(crowd[0], Some(h), t0),
+            Strike::Disconnect { host_banned: false }
         );
-        assert!(!bans.host_banned(&Prefix::V4(0xc633_6407, 32), t0 + HOST_BAN));
+        // ...but not a peer elsewhere, and the ban lapses.
+        let other = Prefix::V4(0xc633_6408, 32);
+        assert_eq!(bans.strike(crowd[1], Some(other), t0), Strike::Counted);
+        assert!(!bans.host_banned(&other, t0));
+        assert!(!bans.host_banned(&h, t0 + HOST_BAN));
     }
 
     #[test]

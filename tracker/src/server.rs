@@ -24,15 +24,22 @@ use libp2p::{
     autonat, identify,
     multiaddr::Protocol,
     noise, ping, relay,
-    swarm::{ListenError, NetworkBehaviour, SwarmEvent},
+    swarm::{dummy, ListenError, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder, TransportError,
 };
-use tokio::{sync::watch, time::MissedTickBehavior};
+use tokio::{
+    sync::{mpsc, watch},
+    time::MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::{
     behaviour::{Event, EvictReason},
+    extension::{
+        ExtensionFn, TrackerContext, TrackerHandle, EXTENSION_CHANNEL_SIZE,
+        EXTENSION_EVENT_CHANNEL_SIZE,
+    },
     Config, Error, Result,
 };
 
@@ -44,7 +51,7 @@ const EXPIRY_PERIOD: (Duration, Duration) = (Duration::from_millis(50), Duration
 
 /// The tracker's composed behaviour; fields are roles.
 #[derive(NetworkBehaviour)]
-struct Behaviour {
+struct Behaviour<E: NetworkBehaviour> {
     /// Connection limits: total, per peer, per IP, pending inbound, memory. First, so a
     /// refused connection costs the others nothing.
     limits: limits::Behaviour,
@@ -56,11 +63,20 @@ struct Behaviour {
     relay: relay::Behaviour,
     /// Tells peers whether they are publicly reachable by dialing them back.
     autonat: autonat::Behaviour,
+    /// The operator's own behaviour ([`libp2p::swarm::dummy::Behaviour`] by default).
+    extension: E,
 }
 
 /// A bound tracker: listening, not yet serving. Call [`Tracker::run`].
-pub struct Tracker {
-    swarm: Swarm<Behaviour>,
+///
+/// `E` is the operator's extension behaviour ([`Tracker::bind_with_extension`]); reach it
+/// while the tracker runs through [`Tracker::handle`].
+pub struct Tracker<E: NetworkBehaviour = dummy::Behaviour> {
+    swarm: Swarm<Behaviour<E>>,
+    /// Closures for the extension, from [`TrackerHandle`]s (this sender is cloned into them).
+    commands: (mpsc::Sender<ExtensionFn>, mpsc::Receiver<ExtensionFn>),
+    /// The extension's events, to the application.
+    extension_events: mpsc::Sender<E::ToSwarm>,
     /// Addresses the listeners reported during `bind`.
     listen_addrs: Vec<Multiaddr>,
     /// Holds the latest counters; updated after every tracker event that changes them.
@@ -71,6 +87,8 @@ pub struct Tracker {
     refusals: RefusalLog,
     /// Peers refused for a limit already (logged once each).
     limited: PeerLog,
+    /// Hosts (or local peers) with a peer disconnected for its limits already.
+    expelled: PeerLog,
 }
 
 /// Hosts (or, on this machine, peers) already logged, bounded: past [`MAX_LOGGED`] it starts
@@ -111,12 +129,40 @@ impl Tracker {
     /// # Cancel safety
     /// Safe: dropping the future drops the half-built swarm and its listeners.
     pub async fn bind(config: Config) -> Result<Tracker> {
+        let (tracker, _no_events) = Tracker::bind_with_extension(config, dummy::Behaviour).await?;
+        Ok(tracker)
+    }
+}
+
+impl<E: NetworkBehaviour> Tracker<E>
+where
+    E: Send + 'static,
+    E::ToSwarm: std::fmt::Debug,
+{
+    /// [`Tracker::bind`] with the operator's own behaviour `extension` composed into the
+    /// swarm beside the index. Its events arrive on the returned receiver, in order (dropped,
+    /// logged at debug, when it holds [`EXTENSION_EVENT_CHANNEL_SIZE`] unread); drive it with
+    /// [`Tracker::handle`]'s [`TrackerHandle::with_extension`].
+    ///
+    /// # Errors
+    /// As [`Tracker::bind`].
+    ///
+    /// # Cancel safety
+    /// As [`Tracker::bind`].
+    pub async fn bind_with_extension(
+        config: Config,
+        extension: E,
+    ) -> Result<(Tracker<E>, mpsc::Receiver<E::ToSwarm>)> {
         let span = config.root_span.clone();
-        Self::bind_in_span(config).instrument(span).await
+        Self::bind_in_span(config, extension).instrument(span).await
     }
 
-    async fn bind_in_span(config: Config) -> Result<Tracker> {
-        let mut swarm = build_swarm(&config)?;
+    async fn bind_in_span(
+        config: Config,
+        extension: E,
+    ) -> Result<(Tracker<E>, mpsc::Receiver<E::ToSwarm>)> {
+        let mut swarm = build_swarm(&config, extension)?;
+        let (extension_events, events) = mpsc::channel(EXTENSION_EVENT_CHANNEL_SIZE);
         let mut pending = HashMap::new();
         for addr in &config.listen_addrs {
             let id = swarm.listen_on(addr.clone()).map_err(|e| match e {
@@ -145,7 +191,13 @@ impl Tracker {
         let mut listen_addrs = Vec::new();
         let wait = async {
             while !pending.is_empty() {
-                let event = swarm.select_next_some().await;
+                let event = match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(BehaviourEvent::Extension(event)) => {
+                        forward(&extension_events, event);
+                        continue;
+                    }
+                    other => other,
+                };
                 if let Some(addr) = on_bind_event(event, &mut pending, &mut listen_addrs)? {
                     debug!(%addr, "listening");
                 }
@@ -187,15 +239,26 @@ impl Tracker {
         let (stats, _) = watch::channel(swarm.behaviour().tracker.stats());
         let local = *swarm.local_peer_id();
         info!(peer = %local, addrs = listen_addrs.len(), "tracker bound");
-        Ok(Tracker {
+        let tracker = Tracker {
             swarm,
+            commands: mpsc::channel(EXTENSION_CHANNEL_SIZE),
+            extension_events,
             listen_addrs,
             stats,
             expiry_period: (config.ttl / 4).clamp(EXPIRY_PERIOD.0, EXPIRY_PERIOD.1),
             span: config.root_span,
             refusals: RefusalLog::default(),
             limited: PeerLog::default(),
-        })
+            expelled: PeerLog::default(),
+        };
+        Ok((tracker, events))
+    }
+
+    /// A handle that runs closures on the extension while the tracker runs.
+    pub fn handle(&self) -> TrackerHandle {
+        TrackerHandle {
+            commands: self.commands.0.clone(),
+        }
     }
 
     /// The tracker's peer id.
@@ -235,13 +298,35 @@ impl Tracker {
                 () = shutdown.cancelled() => break,
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 _ = expiry.tick() => self.handle_expiry_tick(),
+                Some(f) = self.commands.1.recv() => self.handle_extension_fn(f),
             }
         }
         info!("tracker stopped");
     }
 
-    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    /// Runs an extension closure on the extension, then the dials it queued.
+    fn handle_extension_fn(&mut self, f: ExtensionFn) {
+        let local_peer_id = *self.swarm.local_peer_id();
+        let behaviour = self.swarm.behaviour_mut();
+        let mut ctx = TrackerContext {
+            local_peer_id,
+            tracker: &mut behaviour.tracker,
+            extension: std::any::type_name::<E>(),
+            dials: Vec::new(),
+        };
+        (f.0)(&mut behaviour.extension, &mut ctx);
+        for dial in ctx.dials {
+            if let Err(error) = self.swarm.dial(dial) {
+                debug!(%error, "dial of the extension failed");
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Extension(event)) => {
+                forward(&self.extension_events, event);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => {
                 self.handle_tracker_event(event);
             }
@@ -347,13 +432,15 @@ impl Tracker {
                 peer,
                 from,
                 host_banned,
-            } => warn!(
-                %peer,
-                from = ?from,
-                host_banned,
-                "peer disconnected for asking past its limits (its id refused for a while{})",
-                if host_banned { ", and its host's new connections" } else { "" }
-            ),
+            } => {
+                if host_banned {
+                    warn!(%peer, from = ?from, "host refused new connections for a while: its peers kept asking past its limits");
+                } else if self.expelled.first(peer, from) {
+                    warn!(%peer, from = ?from, "peer disconnected for asking past its limits, its id refused for a while (further ones of this host are logged at debug)");
+                } else {
+                    debug!(%peer, from = ?from, "peer disconnected for asking past its limits");
+                }
+            }
             Event::InboundFailed { peer, error } => debug!(%peer, %error, "inbound request failed"),
         }
         let now = self.swarm.behaviour().tracker.stats();
@@ -437,9 +524,16 @@ fn is_specific(addr: &Multiaddr) -> bool {
     }
 }
 
+/// Passes an event of the extension to the application, or drops it when the application lags.
+fn forward<X>(events: &mpsc::Sender<X>, event: X) {
+    if events.try_send(event).is_err() {
+        debug!("extension event dropped: the application is not reading them");
+    }
+}
+
 /// Handles a swarm event during [`Tracker::bind`]; returns the address it reported, if any.
-fn on_bind_event(
-    event: SwarmEvent<BehaviourEvent>,
+fn on_bind_event<E: NetworkBehaviour<ToSwarm: std::fmt::Debug>>(
+    event: SwarmEvent<BehaviourEvent<E>>,
     pending: &mut HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
     listen_addrs: &mut Vec<Multiaddr>,
 ) -> Result<Option<Multiaddr>> {
@@ -478,7 +572,7 @@ fn on_bind_event(
     }
 }
 
-fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
+fn build_swarm<E: NetworkBehaviour>(config: &Config, extension: E) -> Result<Swarm<Behaviour<E>>> {
     let ping = ping::Behaviour::new(
         ping::Config::new()
             .with_interval(config.ping_interval)
@@ -536,6 +630,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>> {
         identify,
         relay,
         autonat,
+        extension,
     };
     let Ok(builder) = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
