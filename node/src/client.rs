@@ -1,8 +1,12 @@
 //! [`Client`]: the cloneable handle to a running node.
 
 use std::{
+    any::Any,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -11,27 +15,36 @@ use bitswarm_protocols::{
     Collection, CollectionEntry, FileId, FileName, RelPath,
 };
 use futures::{stream, StreamExt, TryStreamExt};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{swarm::NetworkBehaviour, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     command::{Command, Get},
+    downloader::DownloadId,
     error::{Error, GetError, Result},
+    extension::{ExtensionFn, NodeContext},
     paths::DataPath,
     place::{self, Dir, PlaceError},
 };
 
 /// A handle to a node's event loop. Cheap to clone; the loop stops when every clone is dropped.
+///
+/// Every method sends one command over the node's bounded command channel
+/// ([`crate::COMMAND_CHANNEL_SIZE`]); the event loop handles commands one at a time, in the
+/// order they were sent, so two calls awaited one after the other take effect in that order
+/// (a [`Client::with_extension`] closure sees what an earlier [`Client::share`] did).
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    /// Numbers the downloads of this node (shared by every clone).
+    next_download: Arc<AtomicU64>,
 }
 
-/// A file this node serves.
+/// A file or directory this node serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedFile {
-    /// Its content id (what `b3sum` prints).
+    /// Its content id (what `b3sum` prints; for a directory, its collection's id).
     pub id: FileId,
     /// The name it is shared under.
     pub name: FileName,
@@ -88,6 +101,23 @@ pub struct Progress {
     pub done: u64,
     /// Providers currently in use.
     pub providers: usize,
+}
+
+/// One running download, as [`Client::downloads`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadStatus {
+    /// Its id ([`Client::cancel`] takes it).
+    pub id: DownloadId,
+    /// What was asked for.
+    pub key: LookupKey,
+    /// For a file of a collection: the collection's download (cancelling that cancels this).
+    pub collection: Option<DownloadId>,
+    /// The directory it is written into.
+    pub out_dir: PathBuf,
+    /// The name it will land under, once known (a get by id learns it from the manifest).
+    pub name: Option<FileName>,
+    /// Its progress (the file id in it once the tracker has named the file).
+    pub progress: Progress,
 }
 
 /// A node's own transfer counters.
@@ -148,9 +178,10 @@ impl GetRequest {
     }
 }
 
-/// A download in progress: watch it, then wait for it.
+/// A download in progress: watch it, then wait for it, or cancel it.
 #[derive(Debug)]
 pub struct Download {
+    id: DownloadId,
     /// Keeps the node running while someone waits for the download, and fetches the entries
     /// of a collection.
     node: Client,
@@ -162,9 +193,27 @@ pub struct Download {
 }
 
 impl Download {
+    /// This download's id, to cancel it from elsewhere ([`Client::cancel`]) while a task
+    /// waits for it.
+    pub fn id(&self) -> DownloadId {
+        self.id
+    }
+
     /// A receiver of progress updates.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
+    }
+
+    /// Cancels this download: [`Client::cancel`] with [`Download::id`]. [`Download::wait`]
+    /// then returns [`GetError::Cancelled`].
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Safe to drop: the command is either sent or not.
+    pub async fn cancel(&self) -> Result<bool> {
+        self.node.cancel(self.id).await
     }
 
     /// Waits for the download to finish; for a collection, fetches its files
@@ -184,7 +233,8 @@ impl Download {
         match outcome {
             Outcome::File(done) => Ok(done),
             Outcome::Collection(c) => {
-                fetch_collection(self.node, c, self.request, self.progress_tx, self.started).await
+                let (id, started) = (self.id, self.started);
+                fetch_collection(self.node, id, c, self.request, self.progress_tx, started).await
             }
         }
     }
@@ -261,6 +311,7 @@ fn holds_collection(root: &Dir, collection: &Collection) -> bool {
 /// every file already the get is done, otherwise it is refused.
 async fn fetch_collection(
     node: Client,
+    download: DownloadId,
     collection: Arc<Collection>,
     request: GetRequest,
     progress: Arc<watch::Sender<Progress>>,
@@ -307,7 +358,7 @@ async fn fetch_collection(
                 id,
                 path: path.to_string(),
             })?;
-        let done = fetch_entry(&node, &entry, out, name, max_size).await?;
+        let done = fetch_entry(&node, download, &entry, out, name, max_size).await?;
         progress.send_modify(|p| p.done = total);
         return Ok(Downloaded {
             id,
@@ -365,7 +416,7 @@ async fn fetch_collection(
             })
             .await?;
             let name = entry_name(&entry.path, id)?;
-            let done = fetch_entry(&node, &entry, dir, name, max_size).await?;
+            let done = fetch_entry(&node, download, &entry, dir, name, max_size).await?;
             progress.send_modify(|p| p.done = p.done.saturating_add(entry.size));
             Ok::<_, GetError>(done)
         }
@@ -406,6 +457,7 @@ async fn fetch_collection(
 /// hash (an earlier run got it) counts as present; one with other content is not overwritten.
 async fn fetch_entry(
     node: &Client,
+    collection: DownloadId,
     entry: &CollectionEntry,
     dir: Dir,
     name: FileName,
@@ -429,6 +481,8 @@ async fn fetch_entry(
         });
     }
     let get = Get {
+        id: node.next_download_id(),
+        collection: Some(collection),
         key: LookupKey::Id(id),
         out_dir: dir.path().to_owned(),
         dir: Some(dir),
@@ -444,7 +498,15 @@ async fn fetch_entry(
 
 impl Client {
     pub(crate) fn new(commands: mpsc::Sender<Command>, peer_id: PeerId) -> Self {
-        Client { commands, peer_id }
+        Client {
+            commands,
+            peer_id,
+            next_download: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn next_download_id(&self) -> DownloadId {
+        DownloadId::new(self.next_download.fetch_add(1, Ordering::Relaxed))
     }
 
     /// This node's peer id.
@@ -461,13 +523,139 @@ impl Client {
         rx.await.map_err(|_| Error::NodeStopped)
     }
 
-    /// Hashes the file at `path` (on a blocking task), serves it and announces it to the tracker.
+    /// Hashes the file or directory at `path` (on a blocking task), serves it and announces it
+    /// to the tracker; answers once the tracker has acknowledged the announce (or it failed:
+    /// the file is served either way and the next announce retries). A directory is shared as
+    /// a collection, each of its files served too.
+    ///
+    /// To share several paths, call it once per path (concurrently if you like); each is
+    /// served and announced on its own, and [`Client::shares`] lists them all.
     ///
     /// # Errors
     /// [`ShareError`](crate::ShareError) when the file cannot be read or shared; [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; the file may still be shared.
     pub async fn share(&self, path: impl Into<PathBuf>) -> Result<SharedFile> {
         let path = path.into();
         Ok(self.call(|reply| Command::Share { path, reply }).await??)
+    }
+
+    /// Stops serving the file or directory `id` and unannounces it from the tracker; answers
+    /// once the tracker has acknowledged (or the unannounce failed: nothing is served any more
+    /// either way, and peers asking get "not found"). A directory takes its files along, except
+    /// those shared on their own or by another shared directory. Emits [`crate::Event::Unshared`].
+    ///
+    /// Works on what [`Client::shares`] lists, a file of a shared directory, and a downloaded
+    /// file the node seeds; the file on disk is untouched. A file still downloading is not
+    /// shared yet: cancel its download instead ([`Client::cancel`]).
+    ///
+    /// # Errors
+    /// [`Error::NotShared`] when this node shares nothing complete under `id`;
+    /// [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; the file may still be unshared.
+    pub async fn unshare(&self, id: FileId) -> Result<SharedFile> {
+        self.call(|reply| Command::Unshare { id, reply }).await?
+    }
+
+    /// What this node shares, by name: every shared directory, and every complete file held on
+    /// its own account (shared by path, or downloaded and renamed into place). Files of a
+    /// shared directory are served but not listed on their own.
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Safe to drop.
+    pub async fn shares(&self) -> Result<Vec<SharedFile>> {
+        let mut shares = self.call(|reply| Command::Shares { reply }).await?;
+        shares.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(shares)
+    }
+
+    /// Every download running on this node, oldest first, with its progress. A collection
+    /// shows as the downloads of its files (each naming the collection's download), fetched a
+    /// few at a time ([`COLLECTION_PARALLELISM`]); before its id is known to name a
+    /// collection, as one download.
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Safe to drop.
+    pub async fn downloads(&self) -> Result<Vec<DownloadStatus>> {
+        self.call(|reply| Command::Downloads { reply }).await
+    }
+
+    /// Cancels download `id` ([`Download::id`], [`DownloadStatus::id`]) and, for a collection,
+    /// the downloads of its files (those asked for later fail at once). Whoever waits for it
+    /// gets [`GetError::Cancelled`], and [`crate::Event::Cancelled`] is emitted. Its `.part`
+    /// file stays where it was: a later get of the same file into the same directory resumes
+    /// from the pieces verified so far. Nothing is written under the final name.
+    ///
+    /// A download that is finishing (every piece verified, the rename into place under way)
+    /// is not cancelled: it completes. Returns whether a running download was cancelled
+    /// (`false`: it finished, failed or was finishing already).
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; the download may still be cancelled.
+    pub async fn cancel(&self, id: DownloadId) -> Result<bool> {
+        self.call(|reply| Command::Cancel { id, reply }).await
+    }
+
+    /// Runs `f` on the node's extension behaviour (the `extension` given to
+    /// [`crate::new_with_extension`]) inside the event loop, with the node's facts and
+    /// commands in a [`NodeContext`], and returns what it returns. The closure runs in order
+    /// with the other commands of this node, and while it runs nothing else of the node does:
+    /// **it must be quick** (no blocking, no waiting, no heavy computation). For lasting work,
+    /// queue it in the behaviour (its `poll` runs it) or start a task from the closure and hand
+    /// it bounded channels. Events the behaviour emits arrive as [`crate::Event::Extension`],
+    /// in order with the node's own.
+    ///
+    /// `E` must be the node's extension type; a node made by [`crate::new`] has
+    /// `libp2p::swarm::dummy::Behaviour`.
+    ///
+    /// # Errors
+    /// [`Error::WrongExtension`] when the node's extension is not an `E` (`f` does not run);
+    /// [`Error::ExtensionPanicked`] when `f` panicked (the node keeps running, the behaviour
+    /// may be left half updated); [`Error::NodeStopped`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; `f` may still run.
+    pub async fn with_extension<E, R>(
+        &self,
+        f: impl FnOnce(&mut E, &mut NodeContext<'_>) -> R + Send + 'static,
+    ) -> Result<R>
+    where
+        E: NetworkBehaviour + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let run = ExtensionFn(Box::new(
+            move |extension: &mut dyn Any, cx: &mut NodeContext<'_>| {
+                let result = match extension.downcast_mut::<E>() {
+                    Some(extension) => {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(extension, cx)))
+                            .map_err(|_| Error::ExtensionPanicked)
+                    }
+                    None => Err(Error::WrongExtension {
+                        expected: std::any::type_name::<E>(),
+                        actual: cx.extension,
+                    }),
+                };
+                let _ = tx.send(result);
+            },
+        ));
+        self.commands
+            .send(Command::Extension { run })
+            .await
+            .map_err(|_| Error::NodeStopped)?;
+        rx.await.map_err(|_| Error::NodeStopped)?
     }
 
     /// Starts downloading the file or collection named by `key` into `out_dir`.
@@ -485,6 +673,8 @@ impl Client {
     pub async fn get_with(&self, request: GetRequest) -> Result<Download> {
         // A name for a single file of a collection applies to that file, not to the collection.
         let get = Get {
+            id: self.next_download_id(),
+            collection: None,
             key: request.key.clone(),
             out_dir: request.out_dir.clone(),
             dir: None,
@@ -495,6 +685,7 @@ impl Client {
     }
 
     async fn start(&self, get: Get, request: GetRequest) -> Result<Download> {
+        let id = get.id;
         let (progress, progress_rx) = watch::channel(Progress::default());
         let progress = Arc::new(progress);
         let (reply, done) = oneshot::channel();
@@ -508,6 +699,7 @@ impl Client {
             .await
             .map_err(|_| Error::NodeStopped)?;
         Ok(Download {
+            id,
             node: self.clone(),
             request,
             started: Instant::now(),

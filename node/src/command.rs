@@ -4,20 +4,26 @@ use std::{path::PathBuf, sync::Arc};
 
 use bitswarm_protocols::{
     tracker::{FileRecord, FileSummary, LookupKey, Stats},
-    FileName,
+    FileId, FileName,
 };
 use libp2p::Multiaddr;
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    client::{LocalStats, Outcome, Progress, SharedFile},
+    client::{DownloadStatus, LocalStats, Outcome, Progress, SharedFile},
+    downloader::DownloadId,
     error::{GetError, Result, ShareError},
+    extension::ExtensionFn,
     place::Dir,
 };
 
 /// What one download fetches and where it lands.
 #[derive(Debug)]
 pub(crate) struct Get {
+    /// This download's id (numbered by the client).
+    pub(crate) id: DownloadId,
+    /// For a file of a collection: the collection's download.
+    pub(crate) collection: Option<DownloadId>,
     pub(crate) key: LookupKey,
     /// The output directory.
     pub(crate) out_dir: PathBuf,
@@ -38,12 +44,32 @@ pub(crate) enum Command {
         path: PathBuf,
         reply: oneshot::Sender<Result<SharedFile, ShareError>>,
     },
+    /// Stop serving a file or directory and unannounce it.
+    Unshare {
+        id: FileId,
+        reply: oneshot::Sender<Result<SharedFile>>,
+    },
+    /// What this node shares.
+    Shares {
+        reply: oneshot::Sender<Vec<SharedFile>>,
+    },
     /// Download a file (or learn that the id names a collection).
     Get {
         get: Get,
         progress: Arc<watch::Sender<Progress>>,
         reply: oneshot::Sender<Result<Outcome, GetError>>,
     },
+    /// The running downloads.
+    Downloads {
+        reply: oneshot::Sender<Vec<DownloadStatus>>,
+    },
+    /// Cancel a download (and, for a collection, its files' downloads).
+    Cancel {
+        id: DownloadId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Run a closure on the extension behaviour; it answers through its own channel.
+    Extension { run: ExtensionFn },
     /// Ask the tracker who holds a file.
     Lookup {
         key: LookupKey,

@@ -31,6 +31,27 @@ pub enum Error {
     /// Building the transport or listening failed.
     #[error("cannot start the node: {0}")]
     Transport(String),
+    /// [`crate::Client::with_extension`] named another type than the node's extension.
+    #[error("the node's extension is {actual}, not {expected}")]
+    WrongExtension {
+        /// The type the closure asked for.
+        expected: &'static str,
+        /// The node's extension type.
+        actual: &'static str,
+    },
+    /// A [`crate::Client::with_extension`] closure panicked; the extension may be left half
+    /// updated.
+    #[error("the extension closure panicked")]
+    ExtensionPanicked,
+    /// A [`crate::Client::with_extension`] closure queued more dials than one call may.
+    #[error("too many dials queued in one extension call (at most {max})")]
+    TooManyDials {
+        /// [`crate::MAX_EXTENSION_DIALS`].
+        max: usize,
+    },
+    /// [`crate::Client::unshare`]: this node shares no file or directory with this id.
+    #[error("{0} is not shared by this node")]
+    NotShared(FileId),
     /// Listening on an address failed.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -159,6 +180,11 @@ pub enum GetError {
         #[source]
         source: io::Error,
     },
+    /// The download was cancelled ([`crate::Client::cancel`], [`crate::Download::cancel`]).
+    /// Its `.part` file is kept: a later get of the same file into the same directory resumes
+    /// from the pieces verified so far. Nothing was written under the final name.
+    #[error("download cancelled (the .part file is kept; run get again to resume)")]
+    Cancelled,
     /// A tracker or node error.
     #[error(transparent)]
     Node(#[from] Error),

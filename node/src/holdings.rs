@@ -4,6 +4,11 @@
 //! `.part` file and the pieces verified so far). Holdings keep their own record of the verified
 //! pieces, told by the downloader as each one is written, so answering a request never asks the
 //! downloader. The event loop turns an [`Answer`] into a response or a read on a blocking task.
+//!
+//! What the user shares ([`Holdings::shares`]) are the roots: files held on their own account
+//! (shared by path, or downloaded) and directories (collections). A file held only because a
+//! shared directory holds it is served, but unsharing that directory stops serving it unless
+//! another root still needs it ([`Holdings::unshare`]).
 
 use std::{collections::HashMap, fs::File, sync::Arc};
 
@@ -12,7 +17,10 @@ use bitswarm_protocols::{
     Prepared,
 };
 
-use crate::downloader::{Bitfield, DownloadId};
+use crate::{
+    client::SharedFile,
+    downloader::{Bitfield, DownloadId},
+};
 
 /// A file this node can serve pieces of.
 #[derive(Debug)]
@@ -23,6 +31,9 @@ pub(crate) struct HeldFile {
     response: transfer::Response,
     /// `None` when complete; otherwise the download writing it and the pieces it verified.
     partial: Option<(DownloadId, Bitfield)>,
+    /// Held on its own account (shared by path, or downloaded), not only as a file of a
+    /// shared directory.
+    direct: bool,
 }
 
 /// A directory this node shares: its collection's canonical encoding, served by id.
@@ -30,6 +41,10 @@ pub(crate) struct HeldFile {
 struct HeldCollection {
     name: FileName,
     size: u64,
+    /// Entries left out when the directory was hashed.
+    skipped: usize,
+    /// The ids of its files, each once.
+    members: Vec<FileId>,
     /// The collection response, encoded once.
     response: transfer::Response,
 }
@@ -65,8 +80,8 @@ pub(crate) struct Holdings {
 }
 
 impl Holdings {
-    /// Serves `manifest`'s file complete (a share, or a copy found already present); replaces
-    /// a partial copy.
+    /// Serves `manifest`'s file complete on its own account (a share, or a copy found already
+    /// present); replaces a partial copy.
     pub(crate) fn hold_complete(&mut self, manifest: Arc<Manifest>, file: Arc<File>) {
         self.files.insert(
             manifest.id(),
@@ -75,8 +90,27 @@ impl Holdings {
                 manifest,
                 file,
                 partial: None,
+                direct: true,
             },
         );
+    }
+
+    /// Serves `manifest`'s file complete as a file of a shared directory: replaces a partial
+    /// copy, keeps a complete one (and whether it is held on its own account).
+    fn hold_member(&mut self, manifest: Arc<Manifest>, file: Arc<File>) {
+        let held = self.files.entry(manifest.id()).or_insert_with(|| HeldFile {
+            response: manifest_response(&manifest),
+            manifest: Arc::clone(&manifest),
+            file: Arc::clone(&file),
+            partial: None,
+            direct: false,
+        });
+        if held.partial.is_some() {
+            // The download goes on, but this copy is served (and its own is not needed).
+            held.partial = None;
+            held.file = file;
+            held.direct = false;
+        }
     }
 
     /// Serves the pieces `have` of a file `download` is writing, unless the file is held
@@ -93,6 +127,7 @@ impl Holdings {
             manifest,
             file,
             partial: Some((download, have)),
+            direct: true,
         });
     }
 
@@ -136,26 +171,105 @@ impl Holdings {
         owned
     }
 
-    /// Serves a collection's encoding under its id.
+    /// Serves a shared directory: its collection's encoding under its id (`shared.id`), and
+    /// its files.
     pub(crate) fn add_collection(
         &mut self,
-        id: FileId,
-        name: FileName,
-        size: u64,
+        shared: &SharedFile,
         encoded: Vec<u8>,
+        files: Vec<(Arc<Manifest>, Arc<File>)>,
     ) {
         let response = match Prepared::collection(&encoded) {
             Ok(prepared) => transfer::Response::Prepared(prepared),
             Err(_) => transfer::Response::Collection(encoded),
         };
+        let mut members: Vec<FileId> = files.iter().map(|(m, _)| m.id()).collect();
+        members.sort();
+        members.dedup();
+        for (manifest, file) in files {
+            self.hold_member(manifest, file);
+        }
         self.collections.insert(
-            id,
+            shared.id,
             HeldCollection {
-                name,
-                size,
+                name: shared.name.clone(),
+                size: shared.size,
+                skipped: shared.skipped,
+                members,
                 response,
             },
         );
+    }
+
+    /// What the user shares: every directory, and every complete file held on its own account
+    /// (shared, or downloaded and renamed), by name then id.
+    pub(crate) fn shares(&self) -> impl Iterator<Item = SharedFile> + '_ {
+        let collections = self.collections.iter().map(|(id, c)| SharedFile {
+            id: *id,
+            name: c.name.clone(),
+            size: c.size,
+            skipped: c.skipped,
+        });
+        let files = self
+            .files
+            .values()
+            .filter(|h| h.direct && h.partial.is_none())
+            .map(|h| SharedFile {
+                id: h.manifest.id(),
+                name: h.manifest.name().clone(),
+                size: h.manifest.lengths().size(),
+                skipped: 0,
+            });
+        collections.chain(files)
+    }
+
+    /// Whether this node serves `id`: a file (complete, or partly while downloading it) or a
+    /// directory.
+    pub(crate) fn holds(&self, id: &FileId) -> bool {
+        self.files.contains_key(id) || self.collections.contains_key(id)
+    }
+
+    /// Stops serving `id`, a directory or a complete file (a file in download is its
+    /// download's: cancel that instead). A directory takes its files along, except those held
+    /// on their own account or by another shared directory. Returns what was unshared and every
+    /// id no longer served (to unannounce), or `None` when `id` names nothing of that kind.
+    pub(crate) fn unshare(&mut self, id: &FileId) -> Option<(SharedFile, Vec<FileId>)> {
+        if let Some(c) = self.collections.remove(id) {
+            let shared = SharedFile {
+                id: *id,
+                name: c.name,
+                size: c.size,
+                skipped: c.skipped,
+            };
+            let mut gone = vec![*id];
+            for member in c.members {
+                let needed = self
+                    .collections
+                    .values()
+                    .any(|o| o.members.contains(&member));
+                let orphan = self
+                    .files
+                    .get(&member)
+                    .is_some_and(|h| !h.direct && h.partial.is_none());
+                if orphan && !needed {
+                    self.files.remove(&member);
+                    gone.push(member);
+                }
+            }
+            return Some((shared, gone));
+        }
+        let held = self.files.get(id)?;
+        if held.partial.is_some() {
+            return None;
+        }
+        let shared = SharedFile {
+            id: *id,
+            name: held.manifest.name().clone(),
+            size: held.manifest.lengths().size(),
+            skipped: 0,
+        };
+        self.files.remove(id);
+        Some((shared, vec![*id]))
     }
 
     /// Whether nothing is served.
@@ -315,6 +429,78 @@ mod tests {
             h.answer(&transfer::Request::Manifest { id }),
             Answer::Respond(transfer::Response::Prepared(_))
         ));
+    }
+
+    /// A manifest of a one-piece file named `name` holding `byte`s.
+    fn named(name: &str, byte: u8) -> Arc<Manifest> {
+        let data = vec![byte; 1000];
+        Arc::new(Manifest::of_bytes(FileName::new(name).unwrap(), &data).unwrap())
+    }
+
+    fn dir(name: &str, id: u8) -> SharedFile {
+        SharedFile {
+            id: FileId::of(&[id]),
+            name: FileName::new(name).unwrap(),
+            size: 2000,
+            skipped: 1,
+        }
+    }
+
+    fn ids(shares: impl Iterator<Item = SharedFile>) -> Vec<FileId> {
+        let mut ids: Vec<FileId> = shares.map(|s| s.id).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn unsharing_a_directory_takes_only_the_files_nothing_else_holds() {
+        let (own, only, both) = (named("own", 1), named("only", 2), named("both", 3));
+        let mut h = Holdings::default();
+        h.hold_complete(Arc::clone(&own), file());
+        let (a, b) = (dir("a", 1), dir("b", 2));
+        let files = |ms: &[&Arc<Manifest>]| ms.iter().map(|m| (Arc::clone(m), file())).collect();
+        h.add_collection(&a, vec![1], files(&[&own, &only, &both, &both]));
+        h.add_collection(&b, vec![2], files(&[&both]));
+        // The roots: both directories and the file shared on its own.
+        let mut want = vec![a.id, b.id, own.id()];
+        want.sort();
+        assert_eq!(ids(h.shares()), want);
+        assert!(
+            h.shares().any(|s| s == a),
+            "a directory keeps its skipped count"
+        );
+
+        let (shared, mut gone) = h.unshare(&a.id).unwrap();
+        assert_eq!(shared, a);
+        gone.sort();
+        let mut want = vec![a.id, only.id()];
+        want.sort();
+        assert_eq!(gone, want, "own is shared on its own, both by b");
+        assert!(!h.holds(&only.id()) && !h.holds(&a.id));
+        assert!(h.holds(&own.id()) && h.holds(&both.id()));
+        assert!(h.unshare(&a.id).is_none(), "unshared already");
+
+        let (_, gone) = h.unshare(&b.id).unwrap();
+        assert_eq!(gone, [b.id, both.id()]);
+        let (shared, gone) = h.unshare(&own.id()).unwrap();
+        assert_eq!((shared.name.as_str(), gone), ("own", vec![own.id()]));
+        assert!(h.is_empty());
+        assert!(h.announced().is_empty(), "nothing is announced any more");
+    }
+
+    #[test]
+    fn a_file_in_download_is_not_a_share_and_cannot_be_unshared() {
+        let m = manifest(16384);
+        let mut h = Holdings::default();
+        let dl = DownloadId::for_test(1);
+        h.hold_partial(Arc::clone(&m), file(), dl, Bitfield::empty(m.lengths()));
+        assert!(h.holds(&m.id()));
+        assert_eq!(h.shares().count(), 0);
+        assert!(h.unshare(&m.id()).is_none());
+        h.completed(&m.id(), dl);
+        assert_eq!(ids(h.shares()), [m.id()], "a downloaded file is shared");
+        assert!(h.unshare(&m.id()).is_some());
+        assert!(!h.holds(&m.id()));
     }
 
     #[test]

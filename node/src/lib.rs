@@ -15,6 +15,84 @@
 //! - [`Behaviour`]: ping, identify, tracker client, transfer, and an `extension` slot for a
 //!   behaviour of your own.
 //! - [`identity`]: key files that two nodes on one machine never share.
+//! - `extension`: [`NodeContext`], what an extension closure sees of the node.
+//!
+//! # Embedding
+//! A [`Client`] is all an application needs:
+//! - share: [`Client::share`] a file or directory, once per path for several; list what is
+//!   shared with [`Client::shares`]; stop with [`Client::unshare`];
+//! - get: [`Client::get`] / [`Client::get_with`] return a [`Download`] to watch
+//!   ([`Download::progress`]), wait for ([`Download::wait`]) or cancel ([`Download::cancel`],
+//!   [`Client::cancel`]); [`Client::downloads`] lists the running ones with their progress;
+//! - ask the tracker: [`Client::lookup`], [`Client::search`], [`Client::stats`];
+//! - subscribe to events: the `mpsc::Receiver<Event>` returned by [`new`] *is* the
+//!   subscription, one per node, in the order things happened (see [`Event`]).
+//!
+//! # Extending
+//! Any libp2p [`NetworkBehaviour`] can run inside a node, beside its own protocols, so a
+//! protocol of your own (or gossipsub, request-response, kad, ...) plugs in unchanged:
+//! 1. write (or pick) the behaviour; compose several with `#[derive(NetworkBehaviour)]`;
+//! 2. build the node with [`new_with_extension`]: the behaviour's events arrive on the event
+//!    receiver as [`Event::Extension`], in order with the node's own;
+//! 3. reach it while the node runs with [`Client::with_extension`]: a closure that runs on the
+//!    behaviour inside the event loop, with a [`NodeContext`] holding the node's facts
+//!    (connected peers, the tracker, what it shares and downloads, a download's providers) and
+//!    commands (dial a peer). The closure must be quick: the event loop waits for it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use bitswarm_node::{new_with_extension, Config, Event};
+//! use bitswarm_protocols::parse_addr;
+//! use libp2p::{
+//!     request_response::{self, ProtocolSupport},
+//!     swarm::NetworkBehaviour,
+//!     StreamProtocol,
+//! };
+//!
+//! /// A protocol of our own: ask a peer for a greeting.
+//! #[derive(NetworkBehaviour)]
+//! struct Greeter {
+//!     hello: request_response::cbor::Behaviour<String, String>,
+//! }
+//!
+//! let greeter = Greeter {
+//!     hello: request_response::cbor::Behaviour::new(
+//!         [(StreamProtocol::new("/example/hello/1"), ProtocolSupport::Full)],
+//!         request_response::Config::default(),
+//!     ),
+//! };
+//! let config = Config {
+//!     listen_addrs: vec![parse_addr("127.0.0.1:0")?],
+//!     tracker: Some(parse_addr("127.0.0.1:7000")?),
+//!     ..Config::default()
+//! };
+//! let (client, mut events, event_loop) = new_with_extension(config, greeter)?;
+//! tokio::spawn(event_loop.run());
+//!
+//! // Greet every peer this node is connected to (the tracker does not speak the protocol:
+//! // its request fails, and that failure arrives as an event too).
+//! let asked = client
+//!     .with_extension(|greeter: &mut Greeter, cx| {
+//!         let peers: Vec<_> = cx.connected_peers().filter(|p| Some(*p) != cx.tracker()).collect();
+//!         for peer in &peers {
+//!             greeter.hello.send_request(peer, "hello".to_owned());
+//!         }
+//!         peers.len()
+//!     })
+//!     .await?;
+//! println!("greeted {asked} peers");
+//! while let Some(event) = events.recv().await {
+//!     if let Event::Extension(GreeterEvent::Hello(request_response::Event::Message {
+//!         peer,
+//!         message: request_response::Message::Response { response, .. },
+//!         ..
+//!     })) = event
+//!     {
+//!         println!("{peer} says {response}");
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 //!
 //! # Usage
 //! ```no_run
@@ -35,6 +113,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 mod backoff;
 mod behaviour;
 mod client;
@@ -43,6 +123,7 @@ mod config;
 mod downloader;
 mod error;
 mod event_loop;
+mod extension;
 mod holdings;
 pub mod identity;
 mod nat;
@@ -64,12 +145,14 @@ use tokio::sync::mpsc;
 pub use crate::{
     behaviour::{Behaviour, IDENTIFY_PROTOCOL},
     client::{
-        Client, Download, Downloaded, GetRequest, LocalStats, Progress, SharedFile, Source,
-        COLLECTION_PARALLELISM, DEFAULT_MAX_SIZE,
+        Client, Download, DownloadStatus, Downloaded, GetRequest, LocalStats, Progress, SharedFile,
+        Source, COLLECTION_PARALLELISM, DEFAULT_MAX_SIZE,
     },
     config::*,
+    downloader::DownloadId,
     error::{Error, GetError, Result, ShareError},
     event_loop::EventLoop,
+    extension::{NodeContext, MAX_EXTENSION_DIALS},
     paths::{DataPath, Transport, MIN_RELAY_DATA_BYTES},
     place::{part_name, shown, PlaceError},
 };
@@ -80,7 +163,14 @@ pub const COMMAND_CHANNEL_SIZE: usize = 64;
 /// debug), never awaited: the event loop does not block on its observers.
 pub const EVENT_CHANNEL_SIZE: usize = 256;
 
-/// Something that happened in a node.
+/// Something that happened in a node, as its event receiver delivers it.
+///
+/// The receiver returned by [`new`] / [`new_with_extension`] is the node's one subscription:
+/// events arrive in the order they happened, the extension's ([`Event::Extension`]) among the
+/// node's own. It holds [`EVENT_CHANNEL_SIZE`] events; when the application does not keep up,
+/// further events are dropped (the node never waits for its observers), so read it promptly,
+/// or drop it if you do not care. `X` is the extension behaviour's event type
+/// (`NetworkBehaviour::ToSwarm`).
 #[derive(Debug)]
 pub enum Event<X = Infallible> {
     /// The node listens on a new address.
@@ -114,6 +204,18 @@ pub enum Event<X = Infallible> {
         /// Its path.
         path: std::path::PathBuf,
     },
+    /// A file or directory is no longer served ([`Client::unshare`]).
+    Unshared {
+        /// What was shared.
+        file: SharedFile,
+    },
+    /// A download was cancelled ([`Client::cancel`]); its `.part` file is kept.
+    Cancelled {
+        /// The download.
+        download: DownloadId,
+        /// Its file, if the tracker had named it.
+        file: Option<FileId>,
+    },
     /// An event of the user's extension behaviour.
     Extension(X),
 }
@@ -121,19 +223,23 @@ pub enum Event<X = Infallible> {
 /// Builds a node with no extension behaviour. Listening starts at once; spawn
 /// [`EventLoop::run`] to drive it.
 ///
+/// Returns the [`Client`] (clone it freely), the receiver of the node's [`Event`]s (the
+/// subscription to them: see [`Event`]), and the [`EventLoop`].
+///
 /// # Errors
 /// [`Error::Transport`] or [`Error::Listen`].
 pub fn new(config: Config) -> Result<(Client, mpsc::Receiver<Event>, EventLoop)> {
     new_with_extension(config, libp2p::swarm::dummy::Behaviour)
 }
 
-/// Builds a node whose swarm also runs `extension`; its events arrive as
-/// [`Event::Extension`].
+/// Builds a node whose swarm also runs `extension` (see the crate docs, "Extending"); its
+/// events arrive on the event receiver as [`Event::Extension`], and
+/// [`Client::with_extension`] reaches it while the node runs.
 ///
 /// # Errors
 /// [`Error::Transport`] or [`Error::Listen`].
 #[allow(clippy::type_complexity)]
-pub fn new_with_extension<E: NetworkBehaviour>(
+pub fn new_with_extension<E: NetworkBehaviour + 'static>(
     config: Config,
     extension: E,
 ) -> Result<(Client, mpsc::Receiver<Event<E::ToSwarm>>, EventLoop<E>)> {

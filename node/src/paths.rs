@@ -225,6 +225,11 @@ impl Connections {
             .unwrap_or_default()
     }
 
+    /// Every peer with at least one connection.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.keys().copied()
+    }
+
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
         self.peers.contains_key(peer)
     }

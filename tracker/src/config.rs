@@ -90,6 +90,7 @@ impl RelayLimits {
     }
 }
 
+/// The default listen address: every IPv4 interface, port [`DEFAULT_PORT`].
 pub fn default_listen_addr() -> Multiaddr {
     Multiaddr::empty()
         .with(Protocol::Ip4(Ipv4Addr::UNSPECIFIED))

@@ -56,10 +56,11 @@ pub enum ExtensionError {
     },
 }
 
+/// What runs in the event loop: the extension (as `Any`, downcast inside) and the context.
+type RunExtension = dyn FnOnce(&mut dyn Any, &mut TrackerContext<'_>) + Send;
+
 /// A closure for the extension, with the downcast and its reply inside.
-pub(crate) struct ExtensionFn(
-    pub(crate) Box<dyn FnOnce(&mut dyn Any, &mut TrackerContext<'_>) + Send>,
-);
+pub(crate) struct ExtensionFn(pub(crate) Box<RunExtension>);
 
 impl fmt::Debug for ExtensionFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,7 @@
 //! - a lookup lists a random sample of holders, seeders first, at most a few per host and per
 //!   subnet, so neither ground peer ids nor one host can fill the list;
 //! - every reply is built within [`Limits::max_reply_bytes`];
-//! - a search walks a trigram index ([`names`]), a bounded number of names per query, and
+//! - a search walks a trigram index (`names`), a bounded number of names per query, and
 //!   ranks what it finds by seeding hosts, then age.
 //!
 //! Invariants, kept by every `pub` method:
@@ -690,7 +690,7 @@ impl FileIndex {
     /// file), ranked by seeding hosts, then age, at most `limit` (0 or more than
     /// [`Limits::max_search_results`] means that limit) and [`Limits::max_reply_bytes`]. A
     /// file appears once, under the first name that matches. The work is bounded (see
-    /// [`names`]): on a very large index a common query may miss some matches.
+    /// `names`): on a very large index a common query may miss some matches.
     ///
     /// # Errors
     /// [`IndexError::QueryTooLong`] past [`MAX_QUERY_LEN`] bytes.

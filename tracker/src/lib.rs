@@ -10,6 +10,8 @@
 //!   and reporting [`Event`]s, to compose into any swarm;
 //! - [`server`]: [`Tracker`], the ready-made event loop (TCP + Noise + Yamux, ping, identify)
 //!   that the `bitswarm-tracker` binary runs, configured by [`Config`].
+//! - [`extension`]: the operator's own behaviour beside the index
+//!   ([`Tracker::bind_with_extension`], driven through a [`TrackerHandle`]).
 //!
 //! ```no_run
 //! # async fn example() -> bitswarm_tracker::Result<()> {
@@ -26,6 +28,50 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Extending
+//! Any libp2p `NetworkBehaviour` can run in the tracker beside the index, as in a node
+//! (`bitswarm_node::new_with_extension`): its events arrive on the receiver
+//! [`Tracker::bind_with_extension`] returns, and [`TrackerHandle::with_extension`] runs a quick
+//! closure on it inside the event loop, with a [`TrackerContext`] of the tracker's facts (the
+//! index, its connections) and commands (dial). Here the tracker answers a protocol of its own
+//! with the number of files it indexes:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use bitswarm_tracker::{Config, Tracker, TrackerContext};
+//! use libp2p::{
+//!     request_response::{self, cbor, ProtocolSupport},
+//!     StreamProtocol,
+//! };
+//!
+//! type Count = cbor::Behaviour<(), u64>;
+//! let count: Count = cbor::Behaviour::new(
+//!     [(StreamProtocol::new("/example/count/1"), ProtocolSupport::Inbound)],
+//!     request_response::Config::default(),
+//! );
+//! let (tracker, mut events) = Tracker::bind_with_extension(Config::default(), count).await?;
+//! let handle = tracker.handle();
+//! tokio::spawn(tracker.run(tokio_util::sync::CancellationToken::new()));
+//! while let Some(event) = events.recv().await {
+//!     if let request_response::Event::Message {
+//!         message: request_response::Message::Request { channel, .. },
+//!         ..
+//!     } = event
+//!     {
+//!         handle
+//!             .with_extension(move |count: &mut Count, cx: &mut TrackerContext<'_>| {
+//!                 let files = cx.stats().files;
+//!                 let _ = count.send_response(channel, files);
+//!             })
+//!             .await?;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod behaviour;
 pub mod config;

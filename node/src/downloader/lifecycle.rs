@@ -194,8 +194,37 @@ impl Downloads {
                 cx.push(Action::Unannounce(file));
             }
         }
-        warn!(file = ?file, %error, "download failed");
+        if matches!(error, GetError::Cancelled) {
+            info!(%id, file = ?file, "download cancelled");
+        } else {
+            warn!(file = ?file, %error, "download failed");
+        }
         let _ = dl.reply.send(Err(error));
+    }
+
+    /// Cancels download `id` and, when it is a collection, the downloads of its files: each
+    /// ends with [`GetError::Cancelled`], its `.part` file kept for a later run. A download that
+    /// is finishing (every piece verified, the rename under way) completes instead: nothing is
+    /// ever left half-renamed. Returns whether a download was cancelled.
+    pub(crate) fn cancel(&mut self, cx: &mut Cx<'_>, id: DownloadId) -> bool {
+        let mut ids: Vec<DownloadId> = self
+            .map
+            .iter()
+            .filter(|(k, dl)| **k == id || dl.get.collection == Some(id))
+            .filter(|(_, dl)| !matches!(dl.phase, Phase::Finishing { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        ids.sort();
+        if self.cancelled.len() == CANCELLED_MEMORY {
+            self.cancelled.pop_front();
+        }
+        self.cancelled.push_back(id);
+        for k in &ids {
+            let file = self.map.get(k).and_then(|dl| dl.phase.file());
+            self.fail(cx, *k, GetError::Cancelled);
+            cx.push(Action::Emit(Event::Cancelled { download: *k, file }));
+        }
+        !ids.is_empty()
     }
 
     /// Ends every download with `error` (the node stops).

@@ -38,7 +38,7 @@ mod providers;
 mod tests;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     convert::Infallible,
     fs::File,
     path::PathBuf,
@@ -63,7 +63,7 @@ use self::{
     providers::{Admitted, Failure, Limits, Providers},
 };
 use crate::{
-    client::{LocalStats, Outcome, Progress},
+    client::{DownloadStatus, LocalStats, Outcome, Progress},
     command::Get,
     error::GetError,
     holdings::Holdings,
@@ -81,16 +81,33 @@ const MANIFEST_PARALLEL: usize = 2;
 /// Most providers one lookup asks the tracker for.
 pub(crate) const LOOKUP_LIMIT: u32 = 200;
 
-/// Local handle of one download.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct DownloadId(u64);
+/// Names one download of a node ([`crate::Download::id`]): unique among the downloads of that
+/// node for its lifetime, never reused. Pass it to [`crate::Client::cancel`]; it also appears in
+/// [`crate::DownloadStatus`] and [`crate::Event::Cancelled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DownloadId(u64);
 
 impl DownloadId {
+    /// The id numbered `n` (the [`crate::Client`] hands them out in order).
+    pub(crate) fn new(n: u64) -> Self {
+        DownloadId(n)
+    }
+
     #[cfg(test)]
     pub(crate) fn for_test(n: u64) -> Self {
         DownloadId(n)
     }
 }
+
+impl std::fmt::Display for DownloadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "download #{}", self.0)
+    }
+}
+
+/// Collections whose cancellation is remembered, so that files of theirs asked for after the
+/// cancel (the client fetches a collection's files a few at a time) fail at once.
+const CANCELLED_MEMORY: usize = 64;
 
 /// What an outbound transfer request is for; the event loop keeps it with the request id and
 /// hands it back with the answer.
@@ -309,7 +326,8 @@ fn choose_record(key: &LookupKey, records: Vec<FileRecord>) -> Result<FileRecord
 /// Every running download of one node.
 pub(crate) struct Downloads {
     map: HashMap<DownloadId, DownloadState>,
-    next: u64,
+    /// The last [`CANCELLED_MEMORY`] downloads cancelled.
+    cancelled: VecDeque<DownloadId>,
     settings: Settings,
     /// This node (never its own provider).
     local: PeerId,
@@ -328,7 +346,7 @@ impl Downloads {
     ) -> Self {
         Downloads {
             map: HashMap::new(),
-            next: 0,
+            cancelled: VecDeque::new(),
             settings,
             local,
             rng,
@@ -341,7 +359,45 @@ impl Downloads {
         self.map.is_empty()
     }
 
-    /// Starts a download: its first lookup goes out at once.
+    /// Every running download, oldest first.
+    pub(crate) fn status(&self) -> Vec<DownloadStatus> {
+        let mut all: Vec<DownloadStatus> = self
+            .map
+            .iter()
+            .map(|(id, dl)| DownloadStatus {
+                id: *id,
+                key: dl.get.key.clone(),
+                collection: dl.get.collection,
+                out_dir: dl.get.out_dir.clone(),
+                name: dl.landing_name(),
+                progress: dl.progress.borrow().clone(),
+            })
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// The files being downloaded (those the tracker has named already).
+    pub(crate) fn files(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.map.values().filter_map(|dl| dl.phase.file())
+    }
+
+    /// The providers (not dropped) of the running download of `file`, if there is one.
+    pub(crate) fn providers_of<'a>(&'a self, file: &FileId) -> impl Iterator<Item = PeerId> + 'a {
+        let file = *file;
+        self.map
+            .values()
+            .filter(move |dl| dl.phase.file() == Some(file))
+            .flat_map(|dl| {
+                dl.providers
+                    .iter()
+                    .filter(|(_, p)| !p.dropped)
+                    .map(|(peer, _)| *peer)
+            })
+    }
+
+    /// Starts download `get.id`: its first lookup goes out at once. A file of a collection
+    /// cancelled already fails at once.
     pub(crate) fn start(
         &mut self,
         cx: &mut Cx<'_>,
@@ -349,8 +405,17 @@ impl Downloads {
         progress: Arc<watch::Sender<Progress>>,
         reply: oneshot::Sender<Result<Outcome, GetError>>,
     ) -> DownloadId {
-        let id = DownloadId(self.next);
-        self.next += 1;
+        let id = get.id;
+        if get.collection.is_some_and(|c| self.cancelled.contains(&c)) {
+            let _ = reply.send(Err(GetError::Cancelled));
+            return id;
+        }
+        if self.map.contains_key(&id) {
+            // The client numbers downloads from one counter: a bug if it happens.
+            warn!(%id, "a download with this id runs already; refused");
+            let _ = reply.send(Err(GetError::TaskFailed));
+            return id;
+        }
         info!(key = ?get.key, out = %get.out_dir.display(), "download requested");
         let key = get.key.clone();
         let download = DownloadState {
@@ -605,6 +670,24 @@ impl Downloads {
 }
 
 impl DownloadState {
+    /// The name the file will land under, once known.
+    fn landing_name(&self) -> Option<FileName> {
+        match &self.phase {
+            Phase::Opening { name, .. } => Some(name.clone()),
+            Phase::Transfer(t) => Some(t.name.clone()),
+            Phase::Finishing { path, .. } => path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| FileName::new(n).ok()),
+            Phase::Locating | Phase::Checking(_) | Phase::Manifest { .. } => {
+                match (&self.get.name, &self.get.key) {
+                    (Some(n), _) | (None, LookupKey::Name(n)) => Some(n.clone()),
+                    (None, LookupKey::Id(_)) => None,
+                }
+            }
+        }
+    }
+
     /// The name the file lands under: the one given, or the one asked for, or `network`'s
     /// (the tracker's or the manifest's) made safe.
     fn name_for(&self, network: &FileName, id: &FileId) -> FileName {

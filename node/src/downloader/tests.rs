@@ -34,6 +34,7 @@ struct World {
     stats: LocalStats,
     now: Instant,
     next_conn: usize,
+    next_download: u64,
 }
 
 impl World {
@@ -54,6 +55,7 @@ impl World {
             stats: LocalStats::default(),
             now: Instant::now(),
             next_conn: 0,
+            next_download: 0,
         }
     }
 
@@ -102,8 +104,29 @@ impl World {
         &mut self,
         key: LookupKey,
     ) -> (DownloadId, oneshot::Receiver<Result<Outcome, GetError>>) {
+        let (id, rx, actions) = self.start_in(key, None);
+        assert!(
+            matches!(actions[..], [Action::Lookup { .. }]),
+            "{actions:?}"
+        );
+        (id, rx)
+    }
+
+    /// Starts a download of `key`, a file of the collection download `collection` if given.
+    fn start_in(
+        &mut self,
+        key: LookupKey,
+        collection: Option<DownloadId>,
+    ) -> (
+        DownloadId,
+        oneshot::Receiver<Result<Outcome, GetError>>,
+        Vec<Action>,
+    ) {
         let (tx, rx) = oneshot::channel();
+        self.next_download += 1;
         let get = Get {
+            id: DownloadId::new(self.next_download),
+            collection,
             key,
             out_dir: PathBuf::from("/nonexistent"),
             dir: None,
@@ -113,11 +136,7 @@ impl World {
         let progress = Arc::new(watch::channel(Progress::default()).0);
         let mut id = None;
         let actions = self.call(|d, cx| id = Some(d.start(cx, get, progress, tx)));
-        assert!(
-            matches!(actions[..], [Action::Lookup { .. }]),
-            "{actions:?}"
-        );
-        (id.unwrap(), rx)
+        (id.unwrap(), rx, actions)
     }
 
     /// Starts a download of `m` whose lookup lists `providers` (all complete) and whose output
@@ -689,4 +708,119 @@ fn a_name_resolves_to_the_file_most_hosts_seed_unless_another_comes_close() {
         choose_record(&key, vec![rec(b"a", 0), rec(b"b", 0)]),
         Err(GetError::Ambiguous { .. })
     ));
+}
+
+#[test]
+fn a_cancelled_download_answers_cancelled_stops_serving_its_copy_and_ignores_late_results() {
+    let (_, m) = manifest(4);
+    let [seeder] = peers(1)[..] else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new();
+    w.connect(seeder);
+    let (id, mut rx, _) = w.reach_manifest(&m, &[seeder]);
+    let requests = piece_requests(&w.reach_transfer(id, &m, seeder, dir.path()));
+    assert!(!requests.is_empty());
+    assert!(w.holdings.holds(&m.id()), "the partial copy is served");
+    let status = w.d.status();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].id, id);
+    assert_eq!(
+        status[0].name.as_ref().map(|n| n.as_str()),
+        Some("data.bin")
+    );
+    assert_eq!(status[0].progress.total, m.lengths().size());
+    assert_eq!(w.d.providers_of(&m.id()).collect::<Vec<_>>(), [seeder]);
+
+    let mut cancelled = false;
+    let actions = w.call(|d, cx| cancelled = d.cancel(cx, id));
+    assert!(cancelled);
+    assert!(matches!(rx.try_recv(), Ok(Err(GetError::Cancelled))));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Unannounce(f) if *f == m.id())),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Emit(Event::Cancelled { download, file: Some(f) }) if *download == id && *f == m.id()
+    )));
+    assert!(!w.holdings.holds(&m.id()), "its copy is no longer served");
+    assert!(w.d.status().is_empty());
+    assert_eq!(w.d.providers_of(&m.id()).count(), 0);
+    // A piece stored after the cancel changes nothing.
+    let (peer, tag) = requests[0];
+    let Want::Piece(piece) = tag.want else {
+        unreachable!()
+    };
+    let done = TaskDone::PieceStored {
+        download: id,
+        peer,
+        piece,
+        result: Ok(()),
+    };
+    assert!(w.call(|d, cx| d.on_task(cx, done)).is_empty());
+    let mut again = true;
+    w.call(|d, cx| again = d.cancel(cx, id));
+    assert!(!again, "nothing left to cancel");
+}
+
+#[test]
+fn cancelling_a_collection_cancels_its_files_and_those_asked_for_later() {
+    let (_, m) = manifest(2);
+    let (_, other) = manifest(3);
+    let mut w = World::new();
+    let collection = DownloadId::new(1000);
+    let (a, mut rx_a, _) = w.start_in(LookupKey::Id(m.id()), Some(collection));
+    let (b, mut rx_b) = w.start(LookupKey::Id(other.id()));
+    let mut cancelled = false;
+    w.call(|d, cx| cancelled = d.cancel(cx, collection));
+    assert!(cancelled);
+    assert!(matches!(rx_a.try_recv(), Ok(Err(GetError::Cancelled))));
+    assert!(
+        matches!(rx_b.try_recv(), Err(TryRecvError::Empty)),
+        "another download runs on"
+    );
+    assert_eq!(w.d.status().iter().map(|s| s.id).collect::<Vec<_>>(), [b]);
+    assert_ne!(a, b);
+    let (_, mut rx_late, actions) = w.start_in(LookupKey::Id(other.id()), Some(collection));
+    assert!(actions.is_empty(), "no lookup: {actions:?}");
+    assert!(matches!(rx_late.try_recv(), Ok(Err(GetError::Cancelled))));
+}
+
+#[test]
+fn a_finishing_download_is_not_cancelled_and_completes() {
+    let (_, m) = manifest(1);
+    let [seeder] = peers(1)[..] else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new();
+    w.connect(seeder);
+    let (id, mut rx, _) = w.reach_manifest(&m, &[seeder]);
+    let requests = piece_requests(&w.reach_transfer(id, &m, seeder, dir.path()));
+    let [(peer, tag)] = requests[..] else {
+        panic!("{requests:?}")
+    };
+    let Want::Piece(piece) = tag.want else {
+        unreachable!()
+    };
+    let done = TaskDone::PieceStored {
+        download: id,
+        peer,
+        piece,
+        result: Ok(()),
+    };
+    w.call(|d, cx| d.on_task(cx, done));
+    let mut cancelled = true;
+    w.call(|d, cx| cancelled = d.cancel(cx, id));
+    assert!(!cancelled, "the rename is under way");
+    let done = TaskDone::Finished {
+        download: id,
+        result: Ok(Finished::Renamed),
+    };
+    w.call(|d, cx| d.on_task(cx, done));
+    assert!(matches!(rx.try_recv(), Ok(Ok(Outcome::File(_)))));
 }

@@ -38,13 +38,17 @@ use tokio::{
 use tracing::{debug, info, trace, warn};
 
 pub(crate) use self::tracker::TrackerWaiter;
-use self::{tracker::DEFAULT_ANNOUNCE_INTERVAL, transfer::ReadDone};
+use self::{
+    tracker::{UnshareReply, DEFAULT_ANNOUNCE_INTERVAL},
+    transfer::ReadDone,
+};
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     client::{LocalStats, SharedFile},
     command::Command,
     downloader::{Action, Cx, Downloads, Settings, TaskDone, TransferRequest},
     error::{Error, ShareError},
+    extension::{ExtensionFn, NodeContext},
     holdings::Holdings,
     nat::NatState,
     paths::Connections,
@@ -74,7 +78,9 @@ pub(crate) enum Hashed {
     Dir(store::HashedDir),
 }
 
-/// The node's engine. Create with [`crate::new`], then spawn [`EventLoop::run`].
+/// The node's engine. Create with [`crate::new`] or [`crate::new_with_extension`], then spawn
+/// [`EventLoop::run`]. `E` is the extension behaviour ([`libp2p::swarm::dummy::Behaviour`] when
+/// there is none).
 pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     swarm: Swarm<Behaviour<E>>,
     commands: mpsc::Receiver<Command>,
@@ -104,7 +110,7 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     refusals: RefusalLog,
 }
 
-impl<E: NetworkBehaviour> EventLoop<E> {
+impl<E: NetworkBehaviour + 'static> EventLoop<E> {
     pub(crate) fn new(
         swarm: Swarm<Behaviour<E>>,
         commands: mpsc::Receiver<Command>,
@@ -243,6 +249,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                 });
                 debug!(path = %path.display(), "hashing");
             }
+            Command::Unshare { id, reply } => self.unshare(id, reply),
+            Command::Shares { reply } => {
+                let _ = reply.send(self.holdings.shares().collect());
+            }
             Command::Get {
                 get,
                 progress,
@@ -250,6 +260,15 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             } => self.drive(|d, cx| {
                 d.start(cx, get, progress, reply);
             }),
+            Command::Downloads { reply } => {
+                let _ = reply.send(self.downloads.status());
+            }
+            Command::Cancel { id, reply } => {
+                let mut cancelled = false;
+                self.drive(|d, cx| cancelled = d.cancel(cx, id));
+                let _ = reply.send(cancelled);
+            }
+            Command::Extension { run } => self.run_extension(run),
             Command::Lookup { key, reply } => {
                 let request = bitswarm_protocols::tracker::Request::Lookup {
                     key,
@@ -296,8 +315,14 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                         files,
                         skipped,
                     }) => {
-                        for (manifest, file) in files {
-                            self.hold_shared(manifest, file);
+                        let files: Vec<(Arc<Manifest>, Arc<File>)> = files
+                            .into_iter()
+                            .map(|(m, f)| (Arc::new(m), Arc::new(f)))
+                            .collect();
+                        for (manifest, _) in &files {
+                            let shared = shared_file(manifest);
+                            info!(file = %shared.id, name = %shared.name, size = shared.size, "sharing");
+                            self.emit(Event::Shared { file: shared });
                         }
                         let shared = SharedFile {
                             id: collection.id(),
@@ -306,12 +331,8 @@ impl<E: NetworkBehaviour> EventLoop<E> {
                             skipped,
                         };
                         info!(collection = %shared.id, name = %shared.name, files = collection.entries().len(), path = %path.display(), "sharing directory");
-                        self.holdings.add_collection(
-                            shared.id,
-                            shared.name.clone(),
-                            shared.size,
-                            collection.encode(),
-                        );
+                        self.holdings
+                            .add_collection(&shared, collection.encode(), files);
                         self.emit(Event::Shared {
                             file: shared.clone(),
                         });
@@ -333,12 +354,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 
     fn hold_shared(&mut self, manifest: Manifest, file: File) -> SharedFile {
-        let shared = SharedFile {
-            id: manifest.id(),
-            name: manifest.name().clone(),
-            size: manifest.lengths().size(),
-            skipped: 0,
-        };
+        let shared = shared_file(&manifest);
         info!(file = %shared.id, name = %shared.name, size = shared.size, "sharing");
         self.holdings
             .hold_complete(Arc::new(manifest), Arc::new(file));
@@ -346,6 +362,52 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             file: shared.clone(),
         });
         shared
+    }
+
+    /// Stops serving `id` (see [`Holdings::unshare`]) and unannounces what is no longer
+    /// served; `reply` is answered once the tracker has answered every unannounce.
+    fn unshare(
+        &mut self,
+        id: bitswarm_protocols::FileId,
+        reply: oneshot::Sender<crate::Result<SharedFile>>,
+    ) {
+        let Some((shared, gone)) = self.holdings.unshare(&id) else {
+            let _ = reply.send(Err(Error::NotShared(id)));
+            return;
+        };
+        info!(file = %shared.id, name = %shared.name, files = gone.len(), "unshared");
+        self.emit(Event::Unshared {
+            file: shared.clone(),
+        });
+        let waiter = Arc::new(UnshareReply::new(shared, reply));
+        for file in gone {
+            self.tracker_request(
+                bitswarm_protocols::tracker::Request::Unannounce { id: file },
+                TrackerWaiter::Unannounce(Some(Arc::clone(&waiter))),
+            );
+        }
+    }
+
+    /// Runs an extension closure on the extension behaviour, then the dials it queued.
+    fn run_extension(&mut self, run: ExtensionFn) {
+        let mut cx = NodeContext {
+            local_peer_id: *self.swarm.local_peer_id(),
+            tracker: self.tracker.connected(),
+            listen_addrs: &self.listen_addrs,
+            connections: &self.connections,
+            holdings: &self.holdings,
+            downloads: &self.downloads,
+            extension: std::any::type_name::<E>(),
+            dials: Vec::new(),
+        };
+        (run.0)(&mut self.swarm.behaviour_mut().extension, &mut cx);
+        let dials = cx.dials;
+        for opts in dials {
+            let peer = opts.get_peer_id();
+            if let Err(error) = self.swarm.dial(opts) {
+                debug!(?peer, %error, "extension dial did not start");
+            }
+        }
     }
 
     fn handle_housekeeping(&mut self) {
@@ -474,6 +536,16 @@ impl<E: NetworkBehaviour> EventLoop<E> {
     }
 }
 
+/// What a shared file is, from its manifest.
+fn shared_file(manifest: &Manifest) -> SharedFile {
+    SharedFile {
+        id: manifest.id(),
+        name: manifest.name().clone(),
+        size: manifest.lengths().size(),
+        skipped: 0,
+    }
+}
+
 /// A node event of the core (which has no extension) as an event of this node.
 fn widen<X>(event: Event<Infallible>) -> Event<X> {
     match event {
@@ -484,6 +556,8 @@ fn widen<X>(event: Event<Infallible>) -> Event<X> {
             Event::ProviderDropped { file, peer, reason }
         }
         Event::Downloaded { file, path } => Event::Downloaded { file, path },
+        Event::Unshared { file } => Event::Unshared { file },
+        Event::Cancelled { download, file } => Event::Cancelled { download, file },
         Event::Extension(never) => match never {},
     }
 }
@@ -510,7 +584,7 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             }
             Action::Unannounce(id) => self.tracker_request(
                 bitswarm_protocols::tracker::Request::Unannounce { id },
-                TrackerWaiter::Unannounce,
+                TrackerWaiter::Unannounce(None),
             ),
             Action::Announce => self.announce(),
             Action::AddAddress { peer, addr } => self.swarm.add_peer_address(peer, addr),

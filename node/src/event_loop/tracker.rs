@@ -3,7 +3,10 @@
 //!
 //! [`TrackerLink`]: crate::tracker_link::TrackerLink
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bitswarm_protocols::tracker::{
     self, Announce, AnnouncedFile, FileRecord, FileSummary, Reply, Stats,
@@ -43,7 +46,26 @@ pub(crate) enum TrackerWaiter {
     Search(oneshot::Sender<Result<Vec<FileSummary>>>),
     Stats(oneshot::Sender<Result<Stats>>),
     Download(DownloadId),
-    Unannounce,
+    /// An unannounce; an unshare waiting for it is answered once every unannounce it sent is.
+    Unannounce(Option<Arc<UnshareReply>>),
+}
+
+/// An unshare's answer, shared by the unannounces it sent: sent when the last of them is
+/// answered or failed (the last clone dropped). The file is unshared either way.
+pub(crate) struct UnshareReply(Option<(SharedFile, oneshot::Sender<Result<SharedFile>>)>);
+
+impl UnshareReply {
+    pub(crate) fn new(shared: SharedFile, reply: oneshot::Sender<Result<SharedFile>>) -> Self {
+        UnshareReply(Some((shared, reply)))
+    }
+}
+
+impl Drop for UnshareReply {
+    fn drop(&mut self) {
+        if let Some((shared, reply)) = self.0.take() {
+            let _ = reply.send(Ok(shared));
+        }
+    }
 }
 
 impl<E: NetworkBehaviour> EventLoop<E> {
@@ -151,7 +173,11 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             TrackerWaiter::Search(tx) => drop(tx.send(Err(error))),
             TrackerWaiter::Stats(tx) => drop(tx.send(Err(error))),
             TrackerWaiter::Download(id) => self.drive(|d, cx| d.on_lookup_failed(cx, id, error)),
-            TrackerWaiter::Unannounce => debug!(%error, "unannounce failed"),
+            TrackerWaiter::Unannounce(unshare) => {
+                debug!(%error, "unannounce failed");
+                // The unshare waiting for it is answered once its last unannounce ends.
+                drop(unshare);
+            }
         }
     }
 
@@ -258,6 +284,10 @@ impl<E: NetworkBehaviour> EventLoop<E> {
             (TrackerWaiter::Stats(tx), Reply::Stats(stats)) => drop(tx.send(Ok(stats))),
             (TrackerWaiter::Download(id), Reply::Providers(records)) => {
                 self.drive(|d, cx| d.on_lookup(cx, id, records))
+            }
+            (TrackerWaiter::Unannounce(unshare), Reply::Unannounced) => {
+                trace!("unannounced");
+                drop(unshare);
             }
             (waiter, _) => self.fail_tracker_waiter(waiter, Error::UnexpectedReply),
         }
