@@ -45,6 +45,9 @@ struct Args {
     /// Hostile peers, as a share of the honest ones, in the attack phase.
     #[arg(long, default_value_t = 0.1)]
     hostile_share: f64,
+    /// How often a hostile peer whose host is refused tries to connect again, in ms.
+    #[arg(long, default_value_t = 100)]
+    hostile_retry_ms: u64,
     /// Distinct files among the honest peers.
     #[arg(long, default_value_t = 2_000)]
     files: usize,
@@ -360,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
         let target = Target {
             addr: full.clone(),
             ip: hostile_ip(i),
+            retry: Duration::from_millis(args.hostile_retry_ms),
         };
         attackers.push(tokio::spawn(attack(peer, target, i, files, stop)));
     }
@@ -408,12 +412,13 @@ async fn main() -> anyhow::Result<()> {
 struct Target {
     addr: Multiaddr,
     ip: Ipv4Addr,
+    retry: Duration,
 }
 
 /// A hostile peer: announces the popular files under ground keys with a victim's addresses,
 /// then floods lookups and searches as fast as the tracker answers, until `stop`. When the
 /// tracker cuts it off it comes back as a fresh identity from the same address, trying again
-/// every 100 ms while the tracker refuses its host (a remote attacker's retries would cost this
+/// every `--hostile-retry-ms` (100) while the tracker refuses its host (a remote attacker's retries would cost this
 /// machine nothing; here they share its two cores, so they are paced).
 async fn attack(
     mut peer: RawHandle,
@@ -426,6 +431,9 @@ async fn attack(
     let mut rng = StdRng::seed_from_u64(i as u64);
     while !stop.load(Ordering::Relaxed) {
         flood(&peer, files, &mut rng, &stop, &mut tally).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         tally.cut_off += 1;
         while !stop.load(Ordering::Relaxed) {
             match RawPeer::connect(&target.addr, target.ip, Keypair::generate_ed25519()).await {
@@ -436,7 +444,7 @@ async fn attack(
                 }
                 Err(_) => {
                     tally.connect_refused += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(target.retry).await;
                 }
             }
         }
