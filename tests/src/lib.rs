@@ -221,6 +221,19 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A path to one of the workspace's examples (`cargo test --workspace` builds them, as does
+/// `cargo build --workspace --examples`).
+pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join("examples").join(name);
+    if !path.exists() {
+        bail!(
+            "{} not built: run `cargo build --workspace --examples` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// A child process that is killed when dropped, with its stdout lines delivered to a channel.
 pub struct Proc {
     child: Child,

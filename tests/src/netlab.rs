@@ -11,8 +11,8 @@
 //!                                   a1 198.19.1.10        b1 198.19.2.10
 //! ```
 //!
-//! Only namespace names carry the prefix (`<P>wan <P>pub1 <P>pub2 <P>natA <P>natB <P>a1
-//! <P>b1`); interface names inside them are fixed (`nl-wan0`, `nl-lan0`, `nl-eth0`, `nl-br0`,
+//! Only namespace names carry the prefix `P` (`Pwan`, `Ppub1`, `Ppub2`, `PnatA`, `PnatB`,
+//! `Pa1`, `Pb1`); interface names inside them are fixed (`nl-wan0`, `nl-lan0`, `nl-eth0`, `nl-br0`,
 //! `nl-p-*`), so labs with different prefixes coexist with the same addresses.
 //!
 //! Containment, as in the script: every veth end is created directly inside a lab namespace
