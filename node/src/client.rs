@@ -545,6 +545,9 @@ impl Client {
     /// once the tracker has acknowledged (or the unannounce failed: nothing is served any more
     /// either way, and peers asking get "not found"). A directory takes its files along, except
     /// those shared on their own or by another shared directory. Emits [`crate::Event::Unshared`].
+    /// The tracker is told one file at a time, ten a second (it disconnects a peer that keeps
+    /// asking past its rate), so a directory of thousands of files takes minutes to answer;
+    /// serving stops at once.
     ///
     /// Works on what [`Client::shares`] lists, a file of a shared directory, and a downloaded
     /// file the node seeds; the file on disk is untouched. A file still downloading is not
@@ -641,7 +644,11 @@ impl Client {
                 let result = match extension.downcast_mut::<E>() {
                     Some(extension) => {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(extension, cx)))
-                            .map_err(|_| Error::ExtensionPanicked)
+                            .map_err(|_| {
+                                // Nothing the closure asked for before it panicked is done.
+                                cx.dials.clear();
+                                Error::ExtensionPanicked
+                            })
                     }
                     None => Err(Error::WrongExtension {
                         expected: std::any::type_name::<E>(),

@@ -44,6 +44,7 @@ struct HeldCollection {
     /// Entries left out when the directory was hashed.
     skipped: usize,
     /// The ids of its files, each once.
+    /// Sorted and without repeats (searched by `binary_search`).
     members: Vec<FileId>,
     /// The collection response, encoded once.
     response: transfer::Response,
@@ -246,7 +247,7 @@ impl Holdings {
                 let needed = self
                     .collections
                     .values()
-                    .any(|o| o.members.contains(&member));
+                    .any(|o| o.members.binary_search(&member).is_ok());
                 let orphan = self
                     .files
                     .get(&member)

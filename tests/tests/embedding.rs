@@ -554,3 +554,52 @@ async fn downloads_lists_progress_and_cancel_ends_the_wait_keeping_the_part_file
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharing_a_big_directory_withdraws_every_file_and_the_node_is_not_cut_off(
+) -> anyhow::Result<()> {
+    init_tracing();
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let tracker = TestTracker::start().await?;
+        let seeder = TestNode::start("seeder", &tracker.addr).await?;
+        let me = seeder.client.peer_id();
+        let kept = seeder
+            .client
+            .share(make_file(dir.path(), "kept.bin", 10_000, 1)?)
+            .await?;
+        // One unannounce per file: 160 at once would pass the tracker's 16 streams per
+        // connection (the rest failing, the files left listed) and its burst of 100 and 50
+        // strikes (the tracker cutting the node off, dropping every registration).
+        let folder = dir.path().join("many");
+        std::fs::create_dir(&folder)?;
+        let mut members = Vec::new();
+        for i in 0..160 {
+            let path = make_file(&folder, &format!("f{i:03}.bin"), 100, 100 + i)?;
+            members.push(FileId::of(&std::fs::read(path)?));
+        }
+        let d = seeder.client.share(&folder).await?;
+        let started = Instant::now();
+        assert_eq!(seeder.client.unshare(d.id).await?, d);
+        eprintln!(
+            "unshared 161 ids in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            !listed(&tracker, d.id).await?.contains(&me),
+            "the directory is withdrawn"
+        );
+        for (i, file) in members.iter().enumerate().step_by(8) {
+            assert!(
+                !listed(&tracker, *file).await?.contains(&me),
+                "file {i} of the directory is still listed"
+            );
+        }
+        assert!(
+            listed(&tracker, kept.id).await?.contains(&me),
+            "the node's other share is still listed: it was not cut off"
+        );
+        Ok(())
+    })
+    .await
+}

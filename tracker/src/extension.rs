@@ -96,7 +96,11 @@ impl TrackerHandle {
         let run = move |ext: &mut dyn Any, ctx: &mut TrackerContext<'_>| {
             let result = match ext.downcast_mut::<E>() {
                 Some(ext) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ext, ctx)))
-                    .map_err(|_| ExtensionError::Panicked),
+                    .map_err(|_| {
+                        // Nothing the closure asked for before it panicked is done.
+                        ctx.dials.clear();
+                        ExtensionError::Panicked
+                    }),
                 None => Err(ExtensionError::WrongExtension {
                     asked: std::any::type_name::<E>(),
                     actual: ctx.extension,

@@ -15,7 +15,7 @@ mod tracker;
 mod transfer;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     convert::Infallible,
     fs::File,
     path::PathBuf,
@@ -60,6 +60,9 @@ use crate::{
 
 /// How often the loop checks its deadlines (tracker dial, re-announce, stalled downloads).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Unannounces sent per housekeeping tick: half of what the tracker allows a peer a second,
+/// leaving room for its announces and lookups.
+const UNANNOUNCES_PER_TICK: usize = 10;
 
 /// Results of blocking tasks.
 pub(crate) enum TaskOutput {
@@ -90,6 +93,9 @@ pub struct EventLoop<E: NetworkBehaviour = libp2p::swarm::dummy::Behaviour> {
     tracker_addr: Option<Multiaddr>,
     tracker: TrackerLink<TrackerWaiter>,
     tracker_pending: HashMap<OutboundRequestId, TrackerWaiter>,
+    /// Files unshared and not yet withdrawn from the tracker ([`UNANNOUNCES_PER_TICK`] a
+    /// second); at most every file this node held.
+    unannounces: VecDeque<(bitswarm_protocols::FileId, Arc<UnshareReply>)>,
     /// The tracker dial in progress takes a fresh port: the listening port's connection to the
     /// tracker (from an earlier process on this port) was still in TIME_WAIT.
     tracker_fresh_port: bool,
@@ -143,6 +149,7 @@ impl<E: NetworkBehaviour + 'static> EventLoop<E> {
             tasks: JoinSet::new(),
             tracker,
             tracker_pending: HashMap::new(),
+            unannounces: VecDeque::new(),
             nat,
             connections: Connections::default(),
             listen_addrs: Vec::new(),
@@ -223,7 +230,7 @@ impl<E: NetworkBehaviour + 'static> EventLoop<E> {
 
     /// [`EventLoop::decide`], then executes the actions (and those they lead to).
     fn drive(&mut self, f: impl FnOnce(&mut Downloads, &mut Cx<'_>)) {
-        let mut queue = std::collections::VecDeque::from(self.decide(f));
+        let mut queue = VecDeque::from(self.decide(f));
         while let Some(action) = queue.pop_front() {
             if let Some(more) = self.execute(action) {
                 queue.extend(more);
@@ -380,10 +387,23 @@ impl<E: NetworkBehaviour + 'static> EventLoop<E> {
             file: shared.clone(),
         });
         let waiter = Arc::new(UnshareReply::new(shared, reply));
-        for file in gone {
+        self.unannounces
+            .extend(gone.into_iter().map(|file| (file, Arc::clone(&waiter))));
+        self.send_unannounces();
+    }
+
+    /// Sends up to [`UNANNOUNCES_PER_TICK`] of the queued unannounces: one per file, and the
+    /// tracker allows a peer 20 requests a second (and disconnects one that keeps asking past
+    /// that), so a directory of thousands of files is withdrawn over a few minutes rather than
+    /// at once. The files are not served meanwhile.
+    fn send_unannounces(&mut self) {
+        for _ in 0..UNANNOUNCES_PER_TICK {
+            let Some((file, waiter)) = self.unannounces.pop_front() else {
+                break;
+            };
             self.tracker_request(
                 bitswarm_protocols::tracker::Request::Unannounce { id: file },
-                TrackerWaiter::Unannounce(Some(Arc::clone(&waiter))),
+                TrackerWaiter::Unannounce(Some(waiter)),
             );
         }
     }
@@ -418,6 +438,7 @@ impl<E: NetworkBehaviour + 'static> EventLoop<E> {
         if tick.announce_due {
             self.announce();
         }
+        self.send_unannounces();
         self.ensure_reservation();
         self.cut_off_stalled_readers();
         self.drive(|d, cx| d.tick(cx));
