@@ -549,8 +549,11 @@ impl Client {
     /// asking past its rate), so a directory of thousands of files takes minutes to answer;
     /// serving stops at once.
     ///
-    /// Works on what [`Client::shares`] lists, a file of a shared directory, and a downloaded
-    /// file the node seeds; the file on disk is untouched. A file still downloading is not
+    /// Works on what [`Client::shares`] lists (shared files and directories, downloaded files
+    /// the node seeds); the file on disk is untouched. A file that a shared directory also
+    /// holds stops being listed on its own but is still served, as the directory's; a file
+    /// only a shared directory holds is not unshared on its own ([`Error::NotShared`]): unshare
+    /// the directory. A file still downloading is not
     /// shared yet: cancel its download instead ([`Client::cancel`]).
     ///
     /// # Errors

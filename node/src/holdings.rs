@@ -107,10 +107,11 @@ impl Holdings {
             direct: false,
         });
         if held.partial.is_some() {
-            // The download goes on, but this copy is served (and its own is not needed).
+            // The download goes on, but this copy is served (and its own is not needed). It
+            // stays held on its own account (`direct`): unsharing the directory must not take
+            // a file this node is downloading for itself.
             held.partial = None;
             held.file = file;
-            held.direct = false;
         }
     }
 
@@ -259,8 +260,10 @@ impl Holdings {
             }
             return Some((shared, gone));
         }
-        let held = self.files.get(id)?;
-        if held.partial.is_some() {
+        let held = self.files.get_mut(id)?;
+        if held.partial.is_some() || !held.direct {
+            // A download's (cancel it instead), or only a shared directory's file (unshare
+            // the directory: the directory would be left announced without it).
             return None;
         }
         let shared = SharedFile {
@@ -269,6 +272,16 @@ impl Holdings {
             size: held.manifest.lengths().size(),
             skipped: 0,
         };
+        let in_a_directory = self
+            .collections
+            .values()
+            .any(|c| c.members.binary_search(id).is_ok());
+        if in_a_directory {
+            // No longer on its own account, but still served (and announced) as a file of
+            // a shared directory.
+            held.direct = false;
+            return Some((shared, Vec::new()));
+        }
         self.files.remove(id);
         Some((shared, vec![*id]))
     }
@@ -487,6 +500,38 @@ mod tests {
         assert_eq!((shared.name.as_str(), gone), ("own", vec![own.id()]));
         assert!(h.is_empty());
         assert!(h.announced().is_empty(), "nothing is announced any more");
+    }
+
+    #[test]
+    fn a_file_unshared_on_its_own_stays_served_for_the_directory_that_holds_it() {
+        let x = named("x", 1);
+        let mut h = Holdings::default();
+        h.hold_complete(Arc::clone(&x), file());
+        let a = dir("a", 1);
+        h.add_collection(&a, vec![1], vec![(Arc::clone(&x), file())]);
+        let (shared, gone) = h.unshare(&x.id()).unwrap();
+        assert_eq!(shared.id, x.id());
+        assert!(gone.is_empty(), "still announced as the directory's file");
+        assert!(h.holds(&x.id()), "the directory can still be fetched whole");
+        assert_eq!(ids(h.shares()), [a.id], "no longer listed on its own");
+        assert!(h.unshare(&x.id()).is_none(), "only the directory's now");
+        let (_, gone) = h.unshare(&a.id).unwrap();
+        assert!(gone.contains(&x.id()) && !h.holds(&x.id()));
+    }
+
+    #[test]
+    fn a_file_in_download_stays_held_when_a_directory_holding_it_is_unshared() {
+        let m = named("m", 1);
+        let mut h = Holdings::default();
+        let dl = DownloadId::for_test(1);
+        h.hold_partial(Arc::clone(&m), file(), dl, Bitfield::empty(m.lengths()));
+        let a = dir("a", 1);
+        h.add_collection(&a, vec![1], vec![(Arc::clone(&m), file())]);
+        let (_, gone) = h.unshare(&a.id).unwrap();
+        assert_eq!(gone, [a.id], "the file is this node's own download");
+        assert!(h.holds(&m.id()));
+        h.completed(&m.id(), dl);
+        assert!(h.holds(&m.id()), "seeded once downloaded");
     }
 
     #[test]
