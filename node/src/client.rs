@@ -425,14 +425,26 @@ async fn fetch_collection(
     // go after the first of their kind.
     let mut seen = std::collections::HashSet::new();
     let (firsts, repeats): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| seen.insert(e.id));
-    let mut fetched: Vec<Downloaded> = stream::iter(firsts)
-        .map(fetch)
-        .buffer_unordered(COLLECTION_PARALLELISM)
-        .try_collect()
-        .await?;
-    for entry in repeats {
-        fetched.push(fetch(entry).await?);
-    }
+    let all = async {
+        let mut fetched: Vec<Downloaded> = stream::iter(firsts)
+            .map(fetch)
+            .buffer_unordered(COLLECTION_PARALLELISM)
+            .try_collect()
+            .await?;
+        for entry in repeats {
+            fetched.push(fetch(entry).await?);
+        }
+        Ok::<_, GetError>(fetched)
+    };
+    let fetched = match all.await {
+        Ok(fetched) => fetched,
+        Err(error) => {
+            // One file failed (or was cancelled): the others still running would go on with
+            // nobody waiting for them; end them too.
+            let _ = node.cancel(download).await;
+            return Err(error);
+        }
+    };
     if temporary {
         let (out, name) = (out.clone(), name.clone());
         blocking(move || place::finish_collection(&out, &root, &id, &name)).await?;

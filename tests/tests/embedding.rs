@@ -603,3 +603,103 @@ async fn unsharing_a_big_directory_withdraws_every_file_and_the_node_is_not_cut_
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_one_file_of_a_collection_ends_the_whole_collection() -> anyhow::Result<()> {
+    init_tracing();
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let tracker = TestTracker::start().await?;
+        // A provider of a two-file collection that sends each file's manifest and first piece,
+        // then nothing: both files stay in download.
+        let size = 4 * DEFAULT_PIECE_SIZE as usize;
+        let mut manifests = Vec::new();
+        let mut entries = Vec::new();
+        for (i, name) in ["one.bin", "two.bin"].into_iter().enumerate() {
+            let data = std::fs::read(make_file(dir.path(), name, size, 40 + i as u64)?)?;
+            let manifest = Manifest::of_bytes(FileName::new(name)?, &data)?;
+            let first = data[..DEFAULT_PIECE_SIZE as usize].to_vec();
+            entries.push(bitswarm_protocols::CollectionEntry {
+                path: bitswarm_protocols::RelPath::new(name)?,
+                size: size as u64,
+                id: manifest.id(),
+            });
+            manifests.push((manifest, first));
+        }
+        let collection = bitswarm_protocols::Collection::new(FileName::new("pair")?, entries)?;
+        let (cid, bytes) = (collection.id(), collection.encode());
+        let mut announced = vec![AnnouncedFile {
+            id: cid,
+            name: FileName::new("pair")?,
+            size: 2 * size as u64,
+            complete: true,
+        }];
+        for (m, _) in &manifests {
+            announced.push(AnnouncedFile {
+                id: m.id(),
+                name: m.name().clone(),
+                size: size as u64,
+                complete: true,
+            });
+        }
+        let served: Vec<(FileId, bitswarm_protocols::WireManifest, Vec<u8>)> = manifests
+            .iter()
+            .map(|(m, first)| (m.id(), m.to_wire(), first.clone()))
+            .collect();
+        let answer: bitswarm_tests::hostile::Answer = Box::new(move |request| match request {
+            transfer::Request::Manifest { id } if *id == cid => {
+                Some(transfer::Response::Collection(bytes.clone()))
+            }
+            transfer::Request::Manifest { id } => served
+                .iter()
+                .find(|(f, _, _)| f == id)
+                .map(|(_, wire, _)| transfer::Response::Manifest(wire.clone())),
+            transfer::Request::Piece { id, index: 0, .. } => served
+                .iter()
+                .find(|(f, _, _)| f == id)
+                .map(|(_, _, first)| transfer::Response::Piece(first.clone())),
+            _ => None,
+        });
+        let _slow = HostilePeer::start(&tracker.addr, announced, answer).await?;
+
+        let leecher = TestNode::start_with(
+            "leecher",
+            Config {
+                tracker: Some(tracker.addr.clone()),
+                request_timeout: Duration::from_secs(110),
+                provider_wait: Duration::from_secs(110),
+                ..Config::default()
+            },
+        )
+        .await?;
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out)?;
+        let download = leecher.client.get(LookupKey::Id(cid), &out).await?;
+        let waiter = tokio::spawn(download.wait());
+        let c = leecher.client.clone();
+        let files = wait_until("both files in download", Duration::from_secs(30), || {
+            let c = c.clone();
+            async move {
+                let all = c.downloads().await.ok()?;
+                let files: Vec<_> = all.into_iter().filter(|s| s.collection.is_some()).collect();
+                (files.len() == 2).then_some(files)
+            }
+        })
+        .await?;
+        // Cancel one file: the collection's wait ends, and the other file is not left running
+        // with nobody waiting for it.
+        assert!(leecher.client.cancel(files[0].id).await?);
+        let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .context("the collection's wait did not end")??;
+        assert!(matches!(result, Err(GetError::Cancelled)), "{result:?}");
+        let c = leecher.client.clone();
+        wait_until("no download left", Duration::from_secs(10), || {
+            let c = c.clone();
+            async move { c.downloads().await.ok()?.is_empty().then_some(()) }
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
