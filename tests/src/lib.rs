@@ -8,7 +8,7 @@ use std::{
     future::Future,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -234,15 +234,21 @@ pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A child process that is killed when dropped, with its stdout lines delivered to a channel.
+/// Most stdout lines a [`Proc`] keeps.
+pub const MAX_PROC_LINES: usize = 10_000;
+
+/// A child process that is killed when dropped, with its stdout lines delivered to a channel
+/// and the ones read kept (at most [`MAX_PROC_LINES`]).
 pub struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
 }
 
 impl Proc {
     /// Spawns `cmd` with stdout piped (stderr inherited) in its own environment `home`.
     pub fn spawn(mut cmd: Command, home: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(home)?;
         cmd.env("HOME", home)
             .env("XDG_DATA_HOME", home.join("data"))
             .stdout(Stdio::piped())
@@ -259,7 +265,20 @@ impl Proc {
                 }
             }
         });
-        Ok(Proc { child, lines })
+        Ok(Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Reads the next stdout line within `left`, keeping it.
+    fn next_line(&mut self, left: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(left).ok()?;
+        if self.seen.len() < MAX_PROC_LINES {
+            self.seen.push(line.clone());
+        }
+        Some(line)
     }
 
     /// Waits for a stdout line starting with `prefix` and returns it.
@@ -267,10 +286,46 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return Ok(line),
-                Ok(_) => {}
-                Err(_) => bail!("no line starting with {prefix:?} within {timeout:?}"),
+            match self.next_line(left) {
+                Some(line) if line.starts_with(prefix) => return Ok(line),
+                Some(_) => {}
+                None => bail!(
+                    "no line starting with {prefix:?} within {timeout:?}; saw {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit (killing it at the deadline) and returns its status and
+    /// every stdout line it printed (those read by [`Proc::wait_line`] too).
+    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<String>)> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                self.drain();
+                bail!(
+                    "still running after {timeout:?}; it printed {:?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.drain();
+        Ok((status, std::mem::take(&mut self.seen)))
+    }
+
+    /// Collects the lines left (the reader ends when the process's stdout closes).
+    fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.seen.len() < MAX_PROC_LINES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.next_line(left).is_none() {
+                break;
             }
         }
     }

@@ -111,6 +111,21 @@ async fn next_event<X, T>(
 }
 
 /// The providers the tracker lists for `file` (none when it lists no such file).
+/// A leecher whose downloads neither silent requests nor a long wait for data end: they end
+/// only when cancelled (or by the test's deadline).
+async fn patient_leecher(tracker: &TestTracker) -> anyhow::Result<TestNode> {
+    TestNode::start_with(
+        "leecher",
+        Config {
+            tracker: Some(tracker.addr.clone()),
+            request_timeout: Duration::from_secs(110),
+            provider_wait: Duration::from_secs(110),
+            ..Config::default()
+        },
+    )
+    .await
+}
+
 async fn listed(tracker: &TestTracker, file: FileId) -> anyhow::Result<Vec<PeerId>> {
     Ok(hostile::lookup(&tracker.addr, file)
         .await?
@@ -435,17 +450,7 @@ async fn downloads_lists_progress_and_cancel_ends_the_wait_keeping_the_part_file
         };
         let slow = HostilePeer::start(&tracker.addr, vec![file], answer).await?;
 
-        let mut leecher = TestNode::start_with(
-            "leecher",
-            Config {
-                tracker: Some(tracker.addr.clone()),
-                // Neither the silent requests nor the wait for data end the download.
-                request_timeout: Duration::from_secs(110),
-                provider_wait: Duration::from_secs(110),
-                ..Config::default()
-            },
-        )
-        .await?;
+        let mut leecher = patient_leecher(&tracker).await?;
         let out = dir.path().join("out");
         std::fs::create_dir(&out)?;
         assert!(leecher.client.downloads().await?.is_empty());
@@ -662,16 +667,7 @@ async fn cancelling_one_file_of_a_collection_ends_the_whole_collection() -> anyh
         });
         let _slow = HostilePeer::start(&tracker.addr, announced, answer).await?;
 
-        let leecher = TestNode::start_with(
-            "leecher",
-            Config {
-                tracker: Some(tracker.addr.clone()),
-                request_timeout: Duration::from_secs(110),
-                provider_wait: Duration::from_secs(110),
-                ..Config::default()
-            },
-        )
-        .await?;
+        let leecher = patient_leecher(&tracker).await?;
         let out = dir.path().join("out");
         std::fs::create_dir(&out)?;
         let download = leecher.client.get(LookupKey::Id(cid), &out).await?;

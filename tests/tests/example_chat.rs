@@ -8,14 +8,12 @@
 //! into its own `--wait` or the test's deadline, and the test fails.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bitswarm_protocols::FileId;
 use bitswarm_tests::{
     bin, example_bin, make_file,
@@ -35,112 +33,20 @@ const LOOPBACK_WAIT: Duration = Duration::from_secs(30);
 const NAT_RUN: Duration = Duration::from_secs(150);
 /// What a chat process in the NAT lab waits for others (`--wait`).
 const NAT_WAIT: Duration = Duration::from_secs(90);
-/// Most stdout lines kept from one process.
-const MAX_LINES: usize = 10_000;
 
 /// The chat example's binary (`cargo build --workspace --examples` builds it).
 fn chat_bin() -> anyhow::Result<PathBuf> {
     example_bin("chat")
 }
 
-/// A chat process: stdout lines collected, stderr inherited (shown with the test's output),
-/// killed when dropped.
-struct Chat {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// Starts a chat process named `name` (for errors) in its own `home`.
+fn spawn_chat(name: &str, cmd: Command, home: &Path) -> anyhow::Result<Proc> {
+    Proc::spawn(cmd, home).with_context(|| name.to_owned())
 }
 
-impl Chat {
-    fn spawn(name: &'static str, mut cmd: Command, home: &Path) -> anyhow::Result<Chat> {
-        std::fs::create_dir_all(home)?;
-        cmd.env("HOME", home)
-            .env("XDG_DATA_HOME", home.join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot spawn {cmd:?}"))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Chat {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    /// Waits for a stdout line starting with `prefix`.
-    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + timeout;
-        while self.seen.len() < MAX_LINES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            self.seen.push(line.clone());
-            if line.starts_with(prefix) {
-                return Ok(line);
-            }
-        }
-        bail!(
-            "{}: no line starting with {prefix:?} within {timeout:?}; saw {:?}",
-            self.name,
-            self.seen
-        )
-    }
-
-    /// Waits for the process to exit (killing it at the deadline) and returns its status and
-    /// every stdout line.
-    fn finish(mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<String>)> {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.drain();
-                bail!(
-                    "{} still running after {timeout:?}; it printed {:?}",
-                    self.name,
-                    self.seen
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        self.drain();
-        Ok((status, std::mem::take(&mut self.seen)))
-    }
-
-    /// Collects the lines left (the reader ends when the process's stdout closes).
-    fn drain(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.seen.len() < MAX_LINES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits for `proc` to exit within `timeout`: its status and output, or an error naming it.
+fn finish(name: &str, proc: Proc, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<String>)> {
+    proc.finish(timeout).with_context(|| name.to_owned())
 }
 
 /// The id in `sharing <id> <name>`.
@@ -278,8 +184,8 @@ fn chat_share_and_get_talk_through_a_real_tracker() -> anyhow::Result<()> {
         "127.0.0.1:0",
         LOOPBACK_WAIT,
     );
-    let mut alice = Chat::spawn("alice", cmd, &home.join("a"))?;
-    let id = shared_id(&alice.wait_line("sharing ", LOOPBACK_RUN)?)?;
+    let mut alice = spawn_chat("alice", cmd, &home.join("a"))?;
+    let id = shared_id(&alice.wait_line("sharing ", LOOPBACK_RUN).context("alice")?)?;
     assert_eq!(id, FileId::of(&std::fs::read(&file)?));
 
     let out = home.join("b").join("out");
@@ -292,9 +198,9 @@ fn chat_share_and_get_talk_through_a_real_tracker() -> anyhow::Result<()> {
         &out,
         LOOPBACK_WAIT,
     );
-    let bob = Chat::spawn("bob", cmd, &home.join("b"))?;
-    let bob = bob.finish(LOOPBACK_RUN)?;
-    let alice = alice.finish(LOOPBACK_RUN)?;
+    let bob = spawn_chat("bob", cmd, &home.join("b"))?;
+    let bob = finish("bob", bob, LOOPBACK_RUN)?;
+    let alice = finish("alice", alice, LOOPBACK_RUN)?;
     eprintln!("both done in {:.1?}", started.elapsed());
     assert_talked(&alice, &bob);
     assert_downloaded(&bob.1, &id, &file)
@@ -327,8 +233,8 @@ fn chat_across_two_nats_through_the_relay_and_a_punched_hole() -> anyhow::Result
         "0.0.0.0:0",
         NAT_WAIT,
     );
-    let mut alice = Chat::spawn("alice", cmd, &home.join("a"))?;
-    let id = shared_id(&alice.wait_line("sharing ", NAT_RUN)?)?;
+    let mut alice = spawn_chat("alice", cmd, &home.join("a"))?;
+    let id = shared_id(&alice.wait_line("sharing ", NAT_RUN).context("alice")?)?;
 
     let out = home.join("b").join("out");
     std::fs::create_dir_all(&out)?;
@@ -340,9 +246,9 @@ fn chat_across_two_nats_through_the_relay_and_a_punched_hole() -> anyhow::Result
         &out,
         NAT_WAIT,
     );
-    let bob = Chat::spawn("bob", cmd, &home.join("b"))?;
-    let bob = bob.finish(NAT_RUN)?;
-    let alice = alice.finish(NAT_RUN)?;
+    let bob = spawn_chat("bob", cmd, &home.join("b"))?;
+    let bob = finish("bob", bob, NAT_RUN)?;
+    let alice = finish("alice", alice, NAT_RUN)?;
     eprintln!("both done in {:.1?}", started.elapsed());
     assert_talked(&alice, &bob);
     assert_downloaded(&bob.1, &id, &file)?;
