@@ -410,8 +410,13 @@ async fn unshare_stops_serving_and_unannounces_and_shares_lists_what_is_left() -
     .await
 }
 
-/// A file, its manifest, and an answer for a hostile provider that sends the manifest and the
-/// first piece, then never answers again.
+/// A provider's "busy" answer: it keeps the asker waiting without dropping the provider.
+fn busy() -> transfer::Response {
+    transfer::Response::Error(bitswarm_protocols::ErrorCode::Busy)
+}
+
+/// A file's manifest, and an answer for a hostile provider that sends the manifest and the
+/// first piece, and for every other piece says it is busy.
 fn first_piece_only(
     data: &[u8],
     name: &str,
@@ -424,7 +429,11 @@ fn first_piece_only(
     let answer: bitswarm_tests::hostile::Answer = Box::new(move |request| match request {
         transfer::Request::Manifest { .. } => Some(transfer::Response::Manifest(wire.clone())),
         transfer::Request::Piece { index: 0, .. } => Some(transfer::Response::Piece(piece.clone())),
-        _ => None,
+        // Every other piece: busy, again and again (an answer, so the provider is kept; never
+        // the data). Left unanswered, a provider on probation whose first requests missed
+        // piece 0 would be dropped before the first piece came in.
+        transfer::Request::Piece { .. } => Some(busy()),
+        transfer::Request::Have { .. } => None,
     });
     Ok((manifest, answer))
 }
@@ -436,7 +445,8 @@ async fn downloads_lists_progress_and_cancel_ends_the_wait_keeping_the_part_file
     within(async {
         let dir = tempfile::tempdir()?;
         let tracker = TestTracker::start().await?;
-        let size = 6 * DEFAULT_PIECE_SIZE as usize;
+        // Two pieces: the first requests to the provider always include piece 0.
+        let size = 2 * DEFAULT_PIECE_SIZE as usize;
         let path = make_file(dir.path(), "slow.bin", size, 9)?;
         let data = std::fs::read(&path)?;
         let (manifest, answer) = first_piece_only(&data, "slow.bin")?;
@@ -617,7 +627,7 @@ async fn cancelling_one_file_of_a_collection_ends_the_whole_collection() -> anyh
         let tracker = TestTracker::start().await?;
         // A provider of a two-file collection that sends each file's manifest and first piece,
         // then nothing: both files stay in download.
-        let size = 4 * DEFAULT_PIECE_SIZE as usize;
+        let size = 2 * DEFAULT_PIECE_SIZE as usize;
         let mut manifests = Vec::new();
         let mut entries = Vec::new();
         for (i, name) in ["one.bin", "two.bin"].into_iter().enumerate() {
@@ -663,7 +673,8 @@ async fn cancelling_one_file_of_a_collection_ends_the_whole_collection() -> anyh
                 .iter()
                 .find(|(f, _, _)| f == id)
                 .map(|(_, _, first)| transfer::Response::Piece(first.clone())),
-            _ => None,
+            transfer::Request::Piece { .. } => Some(busy()),
+            transfer::Request::Have { .. } => None,
         });
         let _slow = HostilePeer::start(&tracker.addr, announced, answer).await?;
 
